@@ -1,0 +1,194 @@
+"""The results store: one JSON file per run, keyed by the run's config, never lost.
+
+Layout: ``<results_dir>/<profile>/<experiment>/<run_id>.json`` where ``run_id`` is the first 16
+hex digits of the SHA-256 of the config's canonical JSON. A record is
+
+```
+{"id", "experiment", "config": {...}, "status": "ok"|"diverged"|"collapsed"|"failed",
+ "status_step": int|null, "error": str|null, "metrics": {name: float},
+ "history": {name: [float]}, "extra": {...}, "provenance": {...}}
+```
+
+Writes are atomic (a temporary file in the same folder, fsync, ``os.replace``), so a process
+killed at any instant leaves either the old state or the complete new record. No pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterator, Mapping
+from datetime import datetime, timezone
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from igrlib import paths
+from igrlib.config import ConfigError, resolve_profile
+
+STATUSES = ("ok", "diverged", "collapsed", "failed")
+#: Failed runs (an exception, not a property of the run) are retried; the others are final.
+FINAL_STATUSES = ("ok", "diverged", "collapsed")
+PACKAGES = ("jax", "jaxlib", "dm-haiku", "optax", "numpy", "matfree", "diffrax")
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types: numpy scalars/arrays to numbers/lists, NaN/inf to None."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, (np.generic,)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def canonical(config: Mapping[str, Any]) -> str:
+    """The config as canonical JSON (sorted keys, no spaces): what the run id hashes."""
+    return json.dumps(_jsonable(config), sort_keys=True, separators=(",", ":"))
+
+
+def run_id(config: Mapping[str, Any]) -> str:
+    """First 16 hex digits of SHA-256 of :func:`canonical`."""
+    return hashlib.sha256(canonical(config).encode()).hexdigest()[:16]
+
+
+@lru_cache(maxsize=1)
+def _static_provenance() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=paths.PROJECT_ROOT, capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    import jax  # imported late: reading records needs no JAX
+
+    device = jax.devices()[0]
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "packages": versions,
+        "python": platform.python_version(),
+        "device": {"platform": device.platform, "kind": device.device_kind,
+                   "count": jax.device_count()},
+        "host_cpus": os.cpu_count(),
+    }
+
+
+def provenance(wall_time_s: float | None = None) -> dict[str, Any]:
+    """Git commit, package versions, device, UTC date and the run's wall time in seconds."""
+    out = dict(_static_provenance())
+    out["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    out["wall_time_s"] = wall_time_s
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Store:
+    """Records of one experiment at one profile (see the module docstring)."""
+
+    def __init__(self, experiment: str, profile: str | None = None, root: Path | str | None = None):
+        if not experiment or not all(ch.isalnum() or ch in "-_" for ch in experiment):
+            raise ConfigError(f"experiment name must be letters, digits, '-' or '_', got {experiment!r}")
+        self.experiment = experiment
+        self.profile = resolve_profile(profile)
+        self.path = Path(root) if root is not None else paths.results_dir()
+        self.path = self.path / self.profile / experiment
+
+    def file(self, config: Mapping[str, Any]) -> Path:
+        """Where the record of ``config`` lives."""
+        return self.path / f"{run_id(config)}.json"
+
+    def get(self, config: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The stored record of ``config``, or None."""
+        file = self.file(config)
+        if not file.exists():
+            return None
+        return json.loads(file.read_text())
+
+    def done(self, config: Mapping[str, Any]) -> bool:
+        """True when ``config`` has a record with a final status (failed runs are retried)."""
+        record = self.get(config)
+        return record is not None and record["status"] in FINAL_STATUSES
+
+    def put(self, config: Mapping[str, Any], *, status: str, metrics: Mapping[str, Any] | None = None,
+            history: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+            status_step: int | None = None, error: str | None = None,
+            wall_time_s: float | None = None) -> Path:
+        """Write the record of one run atomically and return its path."""
+        if status not in STATUSES:
+            raise ConfigError(f"unknown status {status!r}; choose one of {STATUSES}")
+        record = {
+            "id": run_id(config),
+            "experiment": self.experiment,
+            "config": _jsonable(dict(config)),
+            "status": status,
+            "status_step": status_step,
+            "error": error,
+            "metrics": _jsonable(dict(metrics or {})),
+            "history": _jsonable(dict(history or {})),
+            "extra": _jsonable(dict(extra or {})),
+            "provenance": provenance(wall_time_s),
+        }
+        file = self.file(config)
+        atomic_write_text(file, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        return file
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every complete record, in file-name order (temporary files are skipped)."""
+        if not self.path.exists():
+            return
+        for file in sorted(self.path.glob("[0-9a-f]*.json")):
+            yield json.loads(file.read_text())
+
+    def frame(self) -> pd.DataFrame:
+        """One row per record: ``id``, ``status``, ``status_step``, then the config fields and
+        the scalar metrics as columns (a metric that shares a config field's name gets the
+        prefix ``metric_``); ``history`` and ``extra`` stay as dict-valued columns."""
+        rows = []
+        for rec in self.records():
+            row = {"id": rec["id"], "status": rec["status"], "status_step": rec["status_step"],
+                   "error": rec["error"]}
+            row.update(rec["config"])
+            for key, value in rec["metrics"].items():
+                row[f"metric_{key}" if key in row else key] = value
+            row["history"] = rec["history"]
+            row["extra"] = rec["extra"]
+            row["wall_time_s"] = rec["provenance"].get("wall_time_s")
+            rows.append(row)
+        return pd.DataFrame(rows)
