@@ -177,14 +177,16 @@ class Store:
             yield json.loads(file.read_text())
 
     def frame(self) -> pd.DataFrame:
-        """One row per record: ``id``, ``status``, ``status_step``, then the config fields and
+        """One row per record: ``id``, ``status``, ``status_step``, then the config fields (the
+        fields of a nested section such as ``{"train": {...}}`` become columns themselves) and
         the scalar metrics as columns (a metric that shares a config field's name gets the
         prefix ``metric_``); ``history`` and ``extra`` stay as dict-valued columns."""
         rows = []
         for rec in self.records():
             row = {"id": rec["id"], "status": rec["status"], "status_step": rec["status_step"],
                    "error": rec["error"]}
-            row.update(rec["config"])
+            for key, value in rec["config"].items():  # nested sections ("train", …) flatten
+                row.update(value) if isinstance(value, dict) else row.__setitem__(key, value)
             for key, value in rec["metrics"].items():
                 row[f"metric_{key}" if key in row else key] = value
             row["history"] = rec["history"]

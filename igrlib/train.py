@@ -22,6 +22,7 @@ Run status (PAPER.md's protocol needs runs that fail to be recorded, not dropped
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -128,10 +129,22 @@ class TrainConfig:
                      and k != "thresholds") + (self.thresholds,)
 
     def build_model(self) -> models.Model:
-        """The model this config trains."""
+        """The model this config trains (one shared object per architecture, so that jitted
+        functions built from it are compiled once)."""
         if self.model == "mlp":
-            return models.mlp(self.width, self.depth, activation=self.activation)
-        return models.resnet18(self.width_multiplier)
+            return _model("mlp", width=self.width, depth=self.depth, activation=self.activation)
+        return _model("resnet18", width_multiplier=self.width_multiplier)
+
+    def program_key(self) -> "TrainConfig":
+        """This config with the vmapped fields set to placeholders: equal for every run that can
+        share one compiled training program."""
+        return dataclasses.replace(self, learning_rate=1.0, seed=0,
+                                   mu=1.0 if self.regularizer == "egr" else 0.0)
+
+
+@functools.lru_cache(maxsize=32)
+def _model(name: str, **kwargs: Any) -> models.Model:
+    return models.build(name, **kwargs)
 
 
 @dataclass
@@ -273,9 +286,11 @@ def _tree_where(mask, new, old):
     return jax.tree_util.tree_map(lambda a, b: jnp.where(mask, a, b), new, old)
 
 
-def _build_program(cfg: TrainConfig, model: models.Model, data: Dataset):
-    """Jitted, vmapped functions ``init``, ``advance`` (eval_every epochs) and ``evaluate``."""
-    n_train = len(data.x_train)
+@functools.lru_cache(maxsize=16)
+def _build_program(cfg: TrainConfig, n_train: int):
+    """Jitted, vmapped functions ``init``, ``advance`` (eval_every epochs) and ``evaluate`` for
+    every group sharing ``cfg.program_key()`` (cached, so each compiles once per process)."""
+    model = cfg.build_model()
     steps, batch = _steps_per_epoch(cfg, n_train)
     loss_fn = make_loss_fn(model)
     eval_split = split_eval_fn(model)
@@ -363,7 +378,7 @@ def train_group(
         raise ConfigError(f"config asks for dataset {cfg.dataset!r} but got {data.name!r}")
     start = time.perf_counter()
     model = cfg.build_model()
-    init, advance, evaluate, steps = _build_program(cfg, model, data)
+    init, advance, evaluate, steps = _build_program(cfg.program_key(), len(data.x_train))
     lrs = jnp.asarray([c.learning_rate for c in configs], jnp.float32)
     mus = jnp.asarray([c.mu for c in configs], jnp.float32)
     seeds = jnp.asarray([c.seed for c in configs], jnp.uint32)

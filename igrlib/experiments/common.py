@@ -1,0 +1,111 @@
+"""What the network experiments share: config layout, grouping, train-then-measure.
+
+A run's config is ``{"train": TrainConfig fields, "measure": MeasureConfig fields}``; its record
+holds the selected checkpoint's metrics (PAPER.md §4: the evaluation of maximal test accuracy
+among those at or above the first training-accuracy threshold), the measurements there, the
+metrics at the other thresholds, and the whole evaluation history.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import jax
+
+from igrlib import data as data_mod
+from igrlib import losses
+from igrlib.config import ConfigError
+from igrlib.measure import MeasureConfig, measure
+from igrlib.results import canonical
+from igrlib.sweep import Outcome
+from igrlib.train import RunResult, TrainConfig, train_group
+
+
+def make_grid(base: Mapping[str, Any], axes: Mapping[str, Sequence[Any]],
+              measure_config: MeasureConfig) -> list[dict[str, Any]]:
+    """Every combination of ``axes`` over ``base`` (training fields), validated now, before any
+    compute; the last axis varies fastest."""
+    grid = []
+    for values in itertools.product(*axes.values()):
+        train_cfg = TrainConfig.from_dict({**base, **dict(zip(axes, values))})
+        grid.append({"train": train_cfg.to_dict(), "measure": measure_config.to_dict()})
+    if not grid:
+        raise ConfigError("the grid is empty: every axis needs at least one value")
+    return grid
+
+
+def train_config(config: Mapping[str, Any]) -> TrainConfig:
+    return TrainConfig.from_dict(config["train"])
+
+
+def group_key(config: Mapping[str, Any]) -> Hashable:
+    """Runs that can share one compiled, vmapped program."""
+    return (train_config(config).group_key(), canonical(config["measure"]))
+
+
+def group_size(config: Mapping[str, Any]) -> int:
+    """Runs per program. On a GPU, batch many; on a CPU, vmap only small MLPs, where it pays
+    (bench/ measures the crossover: batched matmuls of wide layers run slower than a loop)."""
+    cfg = train_config(config)
+    if jax.default_backend() != "cpu":
+        return 1 if cfg.model == "resnet18" else 16
+    if cfg.model == "mlp" and cfg.width <= 100:
+        return 8
+    return 1
+
+
+def load_data(cfg: TrainConfig) -> data_mod.Dataset:
+    return data_mod.load(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test)
+
+
+def outcome(result: RunResult, data: data_mod.Dataset, measure_config: MeasureConfig) -> Outcome:
+    """Measure a trained run at its selected checkpoint and package it as an :class:`Outcome`.
+
+    The checkpoint is the selection at the first threshold; when that threshold was never
+    reached, the selection at the next threshold that was, else the final parameters; the
+    record says which (``selected_at``: the threshold, or ``"final"``).
+    """
+    cfg = result.config
+    metrics: dict[str, Any] = {
+        "num_params": result.num_params,
+        "lambda": losses.igr_lambda(cfg.learning_rate, result.num_params),
+        "epochs_run": result.history["epoch"][-1] if result.history["epoch"] else 0,
+        "final_train_acc": result.history["train_acc"][-1],
+        "final_test_acc": result.history["test_acc"][-1],
+        "dataset_label": data.label,
+    }
+    for t in cfg.thresholds:
+        sel = result.selections.get(t)
+        tag = f"{t:g}".replace(".", "p")
+        metrics[f"reached_{tag}"] = sel is not None
+        if sel is not None:
+            metrics[f"test_acc_at_{tag}"] = sel.metrics["test_acc"]
+            metrics[f"epoch_at_{tag}"] = sel.epoch
+    chosen = next((result.selections[t] for t in cfg.thresholds if t in result.selections), None)
+    if chosen is None:
+        params, state, selected_at = result.params, result.state, "final"
+        metrics.update({k: result.history[k][-1] for k in ("train_loss", "train_acc", "test_loss", "test_acc")})
+        metrics["selected_epoch"] = metrics["epochs_run"]
+    else:
+        params, state, selected_at = chosen.params, chosen.state, chosen.threshold
+        metrics.update(chosen.metrics)
+        metrics["selected_epoch"] = chosen.epoch
+    metrics["selected_at"] = selected_at
+    extra: dict[str, Any] = {}
+    if result.status == "ok":
+        found, extra = measure(cfg.build_model(), params, state, data, measure_config,
+                               jax.random.key(cfg.seed + 7919))
+        metrics.update(found)
+    return Outcome(status=result.status, metrics=metrics, history=result.history, extra=extra,
+                   status_step=result.status_step, wall_time_s=result.wall_time_s)
+
+
+def run_group(configs: Sequence[Mapping[str, Any]], progress: bool = True) -> list[Outcome]:
+    """Train a group as one program, then measure each run; one :class:`Outcome` per config."""
+    train_cfgs = [train_config(c) for c in configs]
+    measure_config = MeasureConfig(**{**configs[0]["measure"], "sigmas": tuple(configs[0]["measure"]["sigmas"])})
+    data = load_data(train_cfgs[0])
+    results = train_group(train_cfgs, data, progress=progress)
+    return [outcome(r, data, measure_config) for r in results]
