@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import NullFormatter
 
 EXCLUDED_STYLE = dict(marker="x", color="0.6", s=22, linewidths=1.0)
 
@@ -21,7 +22,8 @@ EXCLUDED_STYLE = dict(marker="x", color="0.6", s=22, linewidths=1.0)
 def _palette(values: Sequence) -> dict:
     values = sorted(set(values))
     cmap = plt.get_cmap("viridis")
-    return {v: cmap(i / max(1, len(values) - 1)) for i, v in enumerate(values)}
+    # stop short of viridis' pale yellow end, which vanishes on a white background
+    return {v: cmap(0.85 * i / max(1, len(values) - 1)) for i, v in enumerate(values)}
 
 
 def scatter_by(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, hue: str = "width",
@@ -39,8 +41,10 @@ def scatter_by(ax: plt.Axes, df: pd.DataFrame, x: str, y: str, hue: str = "width
                    **EXCLUDED_STYLE)
     if logx:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on short decades
     if logy:
         ax.set_yscale("log")
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(x)
     ax.set_ylabel(y)
 

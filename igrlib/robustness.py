@@ -69,25 +69,15 @@ def _check_int(value: Any, name: str, low: int) -> None:
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
-def _noisy_metrics(eval_fn, mode, draw_batch, params, keys, sigmas):
+def _noisy_metrics(eval_fn, mode, draw_batch, params, keys, sigmas, args):
     """``{metric: array (len(sigmas), len(keys))}`` of metrics at every (σ, draw)."""
     def at_sigma(sigma):
         def one(draw_key):
-            return eval_fn(gaussian_perturbation(params, draw_key, sigma, mode))
+            return eval_fn(gaussian_perturbation(params, draw_key, sigma, mode), *args)
 
         return lax.map(one, keys, batch_size=draw_batch)
 
     return lax.map(at_sigma, sigmas)
-
-
-@partial(jax.jit, static_argnums=(0, 4, 5))
-def _noisy_metrics(eval_fn, params, keys, sigmas, mode, draw_batch, args):
-    def draws_at(sigma):
-        def one(draw_key):
-            return eval_fn(gaussian_perturbation(params, draw_key, sigma, mode), *args)
-        return lax.map(one, keys, batch_size=draw_batch)
-
-    return lax.map(draws_at, sigmas)
 
 
 def noise_robustness(
@@ -133,7 +123,8 @@ def noise_robustness(
         dtype = jnp.result_type(*jax.tree.leaves(params))
         keys = jax.random.split(key, num_draws)
         batch = draw_batch or num_draws
-        values = _noisy_metrics(eval_fn, mode, batch, params, keys, jnp.asarray(noisy, dtype))
+        values = _noisy_metrics(eval_fn, mode, batch, params, keys, jnp.asarray(noisy, dtype),
+                                tuple(args))
         values = {name: np.asarray(v) for name, v in values.items()}
 
     rows: dict[str, list] = {c: [] for c in ("sigma", "metric", "mean", "std", "stderr", "num_draws")}

@@ -9,6 +9,7 @@ metrics at the other thresholds, and the whole evaluation history.
 from __future__ import annotations
 
 import itertools
+import sys
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -102,8 +103,11 @@ def outcome(result: RunResult, data: data_mod.Dataset, measure_config: MeasureCo
                    status_step=result.status_step, wall_time_s=result.wall_time_s)
 
 
-def run_group(configs: Sequence[Mapping[str, Any]], progress: bool = True) -> list[Outcome]:
-    """Train a group as one program, then measure each run; one :class:`Outcome` per config."""
+def run_group(configs: Sequence[Mapping[str, Any]], progress: bool | None = None) -> list[Outcome]:
+    """Train a group as one program, then measure each run; one :class:`Outcome` per config.
+    A progress bar shows on a terminal (``progress=None``), not in notebooks or logs."""
+    if progress is None:
+        progress = sys.stderr.isatty()
     train_cfgs = [train_config(c) for c in configs]
     measure_config = MeasureConfig(**{**configs[0]["measure"], "sigmas": tuple(configs[0]["measure"]["sigmas"])})
     data = load_data(train_cfgs[0])
