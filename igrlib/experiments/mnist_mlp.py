@@ -31,7 +31,7 @@ PAPER_LEARNING_RATES = (0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005)
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        axes=dict(width=(16, 32), learning_rate=(0.2, 0.05), seed=(0, 1)),
+        axes=dict(width=(16,), learning_rate=(0.2, 0.1, 0.05), seed=(0, 1)),
         base=dict(epochs=6, batch_size=256, n_train=1024, n_test=512, eval_every=1,
                   thresholds=(0.5, 0.3)),
         measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=6, trace_samples=4,

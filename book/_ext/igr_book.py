@@ -1,0 +1,336 @@
+"""Sphinx extension for the igr-book: profiles, the status page and the figure gallery.
+
+* The profile (``$IGR_PROFILE``, else ``cpu``; checked by :func:`igrlib.config.resolve_profile`)
+  is the config value ``igr_profile``. Changing it re-reads every page, and each profile has its
+  own jupyter-cache folder (``<cache>/<profile>``), so a build never shows another profile's
+  outputs.
+* ``igr-build-info``: a table of the build's profile, git commit, package versions and device.
+* ``igr-exec-status``: per chapter, run time, when it ran and whether this build executed it or
+  took it from the cache.
+* ``igr-gallery``: every figure recorded in ``<figures_dir>/index.json`` with its caption,
+  profile, provenance and download links; the files are copied to ``<html>/figures/``.
+* A chapter taken from the execution cache gets its outputs back in the ``.ipynb`` offered for
+  download (myst-nb 1.4 writes the notebook it read, without the cached outputs).
+
+The last two are placeholders filled by a post-transform, which runs while pages are written,
+after every notebook has executed (Sphinx reads pages in name order, not toc order). Pages holding
+any of the three directives are re-read on every build, since what they show changes without
+their source changing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from docutils import nodes
+from sphinx.addnodes import pending_xref
+from sphinx.application import Sphinx
+from sphinx.config import Config
+from sphinx.environment import BuildEnvironment
+from sphinx.errors import ConfigError as SphinxConfigError
+from sphinx.transforms.post_transforms import SphinxPostTransform
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+from sphinx.util.osutil import relative_uri
+
+from igrlib import figures, paths
+from igrlib.config import ConfigError, resolve_profile
+
+LOGGER = logging.getLogger(__name__)
+
+#: Packages listed on the status page, besides those igrlib's provenance records.
+BOOK_PACKAGES = ("jupyter-book", "myst-nb", "sphinx", "matplotlib", "pandas", "igrlib")
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+FORMAT_LABELS = {"pdf": "PDF", "svg": "SVG", "png": f"PNG ({figures.PNG_DPI} dpi)"}
+
+
+class GalleryNode(nodes.General, nodes.Element):
+    """Placeholder for the figure gallery."""
+
+
+class ExecStatusNode(nodes.General, nodes.Element):
+    """Placeholder for the chapter execution table."""
+
+
+def _mark_dynamic(env: BuildEnvironment) -> None:
+    if not hasattr(env, "igr_dynamic_docs"):
+        env.igr_dynamic_docs = set()
+    env.igr_dynamic_docs.add(env.docname)
+
+
+def _table(header: list[str], rows: list[list[nodes.Node | str]]) -> nodes.table:
+    table = nodes.table(classes=["colwidths-auto"])
+    group = nodes.tgroup(cols=len(header))
+    table += group
+    group.extend(nodes.colspec(colwidth=1) for _ in header)
+
+    def row(cells: list[nodes.Node | str]) -> nodes.row:
+        out = nodes.row()
+        for cell in cells:
+            para = nodes.paragraph()
+            para += nodes.Text(cell) if isinstance(cell, str) else cell
+            out += nodes.entry("", para)
+        return out
+
+    group += nodes.thead("", row(header))
+    group += nodes.tbody("", *[row(r) for r in rows])
+    return table
+
+
+def _provenance() -> dict[str, Any]:
+    """igrlib's provenance record (git, packages, device), computed in the kernels' interpreter.
+
+    A subprocess keeps JAX out of the Sphinx process, which forks notebook kernels.
+    """
+    code = "import json; from igrlib import results; print(json.dumps(results.provenance()))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, cwd=paths.PROJECT_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"could not read the build's provenance:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+class BuildInfo(SphinxDirective):
+    """``igr-build-info``: profile, git commit, date, Python, device and package versions."""
+
+    def run(self) -> list[nodes.Node]:
+        _mark_dynamic(self.env)
+        prov = _provenance()
+        commit = prov["git_commit"] or "(no commit yet)"
+        if prov["git_dirty"]:
+            commit += " (with uncommitted changes)"
+        device = prov["device"]
+        packages = dict(prov["packages"])
+        for name in BOOK_PACKAGES:
+            try:
+                packages[name] = metadata.version(name)
+            except metadata.PackageNotFoundError:
+                packages[name] = "not installed"
+        rows = [
+            ["profile", nodes.literal(text=self.config.igr_profile)],
+            ["git commit", nodes.literal(text=commit)],
+            ["built (UTC)", prov["date"]],
+            ["device", f"{device['count']} × {device['kind']} ({device['platform']})"],
+            ["host CPUs", str(prov["host_cpus"])],
+            ["python", prov["python"]],
+        ]
+        rows += [[name, nodes.literal(text=str(version))] for name, version in sorted(packages.items())]
+        return [_table(["", "value"], rows)]
+
+
+class ExecStatus(SphinxDirective):
+    """``igr-exec-status``: placeholder for the per-chapter execution table."""
+
+    def run(self) -> list[nodes.Node]:
+        _mark_dynamic(self.env)
+        return [ExecStatusNode()]
+
+
+class Gallery(SphinxDirective):
+    """``igr-gallery``: placeholder for the figure gallery."""
+
+    def run(self) -> list[nodes.Node]:
+        _mark_dynamic(self.env)
+        return [GalleryNode()]
+
+
+def _toc_order(env: BuildEnvironment, root: str) -> list[str]:
+    order: list[str] = []
+
+    def visit(doc: str) -> None:
+        if doc in order:
+            return
+        order.append(doc)
+        for child in env.toctree_includes.get(doc, []):
+            visit(child)
+
+    visit(root)
+    return order
+
+
+def _utc(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).strftime("%Y-%m-%d %H:%M")
+
+
+def exec_status_table(env: BuildEnvironment, docname: str, root: str) -> nodes.Node:
+    """The table of every executed chapter, in toc order."""
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    data = NbMetadataCollector.get_doc_data(env)
+    started = getattr(env, "igr_build_started", 0.0)
+    rows = []
+    for doc in _toc_order(env, root):
+        run = data.get(doc, {}).get("exec_data")
+        if not run:
+            continue
+        link = pending_xref(refdoc=docname, refdomain="std", reftype="doc", refexplicit=True,
+                            reftarget="/" + doc, refwarn=True)
+        link += nodes.inline(text=env.titles[doc].astext() if doc in env.titles else doc)
+        runtime = "-" if run["runtime"] is None else f"{run['runtime']:.1f}"
+        state = "executed in this build" if run["mtime"] >= started else "from the cache"
+        status = "ok" if run["succeeded"] else f"failed: {run['error'] or 'see the build log'}"
+        rows.append([link, runtime, _utc(run["mtime"]), state, status])
+    if not rows:
+        return nodes.paragraph(text="No chapter was executed in this build.")
+    return _table(["chapter", "run time (s)", "executed (UTC)", "cache", "status"], rows)
+
+
+def _figure_section(fig_id: str, entry: dict[str, Any], base: str, exists: bool) -> nodes.section:
+    section = nodes.section(ids=[f"gallery-{fig_id}"])
+    section += nodes.title(text=fig_id)
+    if not exists:
+        section += nodes.paragraph(text=f"(its files are missing from {paths.figures_dir()})")
+        return section
+    png = relative_uri(base, f"figures/{entry['files']['png']}")
+    image = nodes.image(uri=png, candidates={"*": png}, alt=entry["caption"],
+                        classes=["igr-gallery-image"])
+    section += nodes.reference("", "", image, refuri=png)
+    section += nodes.paragraph(text=entry["caption"])
+    prov = entry.get("provenance", {})
+    commit = (prov.get("git_commit") or "no commit")[:12]
+    made = nodes.paragraph()
+    made += nodes.strong(text="profile ")
+    made += nodes.literal(text=entry["profile"])
+    if entry.get("dataset"):
+        made += nodes.Text(f" · data: {entry['dataset']}")
+    made += nodes.Text(f" · made {prov.get('date', '?')} at commit ")
+    made += nodes.literal(text=commit + (" (dirty)" if prov.get("git_dirty") else ""))
+    made += nodes.Text(f" · igrlib {prov.get('igrlib_version', '?')}")
+    section += made
+    links = nodes.paragraph()
+    links += nodes.strong(text="download ")
+    for i, (fmt, name) in enumerate(sorted(entry["files"].items())):
+        if i:
+            links += nodes.Text(" · ")
+        links += nodes.reference("", FORMAT_LABELS.get(fmt, fmt),
+                                 refuri=relative_uri(base, f"figures/{name}"))
+    section += links
+    return section
+
+
+def gallery(env: BuildEnvironment, base: str) -> list[nodes.Node]:
+    """One section per figure in the index (sorted by id); ``base`` is the page's own URI."""
+    directory = paths.figures_dir()
+    index = figures.read_index(directory)
+    if not index:
+        return [nodes.paragraph(text=f"No figure has been saved yet (looked in {directory}).")]
+    return [
+        _figure_section(fig_id, entry, base,
+                        all((directory / name).exists() for name in entry["files"].values()))
+        for fig_id, entry in sorted(index.items())
+    ]
+
+
+class FillPlaceholders(SphinxPostTransform):
+    """Replace the gallery and execution-table placeholders once every notebook has run."""
+
+    default_priority = 8  # before ReferencesResolver (10), which resolves the chapter links
+
+    def run(self, **kwargs: Any) -> None:
+        docname = self.env.docname
+        for node in list(self.document.findall(ExecStatusNode)):
+            node.replace_self(exec_status_table(self.env, docname, self.config.root_doc))
+        base = self.app.builder.get_target_uri(docname)
+        for node in list(self.document.findall(GalleryNode)):
+            node.replace_self(gallery(self.env, base))
+
+
+def copy_figures(app: Sphinx, exception: Exception | None) -> None:
+    """Copy every indexed figure file to ``<outdir>/figures/`` for the gallery's links."""
+    if exception is not None or app.builder.format != "html":
+        return
+    directory = paths.figures_dir()
+    target = Path(app.outdir) / "figures"
+    for entry in figures.read_index(directory).values():
+        for name in entry["files"].values():
+            if (directory / name).exists():
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(directory / name, target / name)
+
+
+def restore_cached_outputs(app: Sphinx, env: BuildEnvironment) -> None:
+    """Merge the cached outputs into ``jupyter_execute/<doc>.ipynb`` where myst-nb left none.
+
+    myst-nb writes that file, which sphinx-book-theme offers as the chapter's download, from the
+    notebook as read, not from the one merged with the cache; so after a cache hit the download
+    would have no outputs.
+    """
+    import nbformat
+    from jupyter_cache import get_cache
+    from myst_nb.sphinx_ import NbMetadataCollector
+
+    config = env.mystnb_config
+    if config.execution_mode != "cache":
+        return
+    cache = get_cache(config.execution_cache_path)
+    for docname, data in NbMetadataCollector.get_doc_data(env).items():
+        path = Path(config.output_folder) / f"{docname}.ipynb"
+        if not data.get("exec_data") or not path.exists():
+            continue
+        notebook = nbformat.read(path, as_version=4)
+        if any(c.get("outputs") for c in notebook.cells if c.cell_type == "code"):
+            continue
+        try:
+            _, merged = cache.merge_match_into_notebook(notebook)
+        except KeyError:  # executed with errors, or the cache was cleared: nothing to restore
+            continue
+        nbformat.write(merged, path)
+
+
+def check_environment(app: Sphinx, config: Config) -> None:
+    """Resolve the profile, give it its own execution cache, refuse a text-only plot backend."""
+    try:
+        config.igr_profile = resolve_profile()
+    except ConfigError as err:
+        raise SphinxConfigError(str(err)) from None
+    cache = config.nb_execution_cache_path or Path(app.outdir).parent / ".jupyter_cache"
+    config.nb_execution_cache_path = str(Path(cache) / config.igr_profile)
+    backend = os.environ.get("MPLBACKEND")
+    if backend and backend != INLINE_BACKEND:
+        LOGGER.warning(f"MPLBACKEND={backend} is set: the chapters' figures would become text; "
+                       "unset it before building the book")
+
+
+def note_build_start(app: Sphinx) -> None:
+    app.env.igr_build_started = time.time()
+
+
+def purge(app: Sphinx, env: BuildEnvironment, docname: str) -> None:
+    getattr(env, "igr_dynamic_docs", set()).discard(docname)
+
+
+def merge(app: Sphinx, env: BuildEnvironment, docnames: set[str], other: BuildEnvironment) -> None:
+    env.igr_dynamic_docs = getattr(env, "igr_dynamic_docs", set()) | getattr(
+        other, "igr_dynamic_docs", set())
+
+
+def always_reread(app: Sphinx, env: BuildEnvironment, added: set[str], changed: set[str],
+                  removed: set[str]) -> list[str]:
+    return sorted(getattr(env, "igr_dynamic_docs", set()) - removed)
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_config_value("igr_profile", "", "env", [str])
+    app.add_node(GalleryNode)
+    app.add_node(ExecStatusNode)
+    app.add_directive("igr-build-info", BuildInfo)
+    app.add_directive("igr-exec-status", ExecStatus)
+    app.add_directive("igr-gallery", Gallery)
+    app.add_post_transform(FillPlaceholders)
+    app.connect("config-inited", check_environment)
+    app.connect("builder-inited", note_build_start)
+    app.connect("env-purge-doc", purge)
+    app.connect("env-merge-info", merge)
+    app.connect("env-get-outdated", always_reread)
+    app.connect("env-updated", restore_cached_outputs)
+    app.connect("build-finished", copy_figures)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
