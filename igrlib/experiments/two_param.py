@@ -12,16 +12,17 @@ One data point ``(x, y)``, parameters ``θ = (a, b)``, prediction ``a·b·x`` an
 
 Our choices (the paper does not give them): ``x = 1, y = 0.6``, so the flattest minimum
 ``(0.775, 0.775)`` and the start ``(2.8, 3.5)`` both sit in the window ``[0, 4]²``. From that start
-the Hessian's top eigenvalue is 29.2, so the linear stability bound there is ``2/29.2 ≈ 0.068``;
-near the minimum GD reaches it is ``2/(x²(a² + b²)) ≥ 0.43``. We take
+the Hessian's top eigenvalue is 29.2, so the linear stability bound there is ``2/29.2 ≈ 0.069``;
+at the minima GD reaches from there it is ``2/(x²(a² + b²)) ≥ 0.43``. We take
 
 * ``h_S = 0.001``: ``h·λ_max(θ0) = 0.03``, GD is indistinguishable from gradient flow;
 * ``h_M = 0.02``: ``h·λ_max(θ0) = 0.58``, inside the range where the first-order modified flow is
   a good model (its endpoint is 4× closer to GD's than gradient flow's is);
 * ``h_L = 0.08``: ``h·λ_max(θ0) = 2.3``, beyond the start's linear bound, yet the loss still falls
   at every step and GD lands on a minimum where ``h_L x²(a² + b²) ≈ 0.19``, far inside the bound.
-  Up to ``h ≈ 0.107`` GD ends on the same branch ``a, b > 0``; above it the first steps carry it to
-  the mirror branch ``a, b < 0``, and the final norm stops falling monotonically.
+  Up to ``h* ≈ 0.1087`` GD ends on the branch ``a, b > 0`` it started on, at smaller norm the
+  larger ``h`` (at ``h*`` on the flattest minimum itself); above it the first steps carry it to
+  the mirror branch ``a, b < 0``, and the final norm rises again.
 
 The far start ``(75, 74.925)`` has ``λ_max(θ0) ≈ 1.7·10⁴``: GD is stable there only for
 ``h < 1.2·10⁻⁴``, so no common rate serves both starts. It gets its own three rates, below that
@@ -72,7 +73,7 @@ class Config:
     h_grid: tuple[float, ...] = tuple(np.linspace(0.002, 0.108, 54))
     h_beyond: tuple[float, ...] = tuple(np.linspace(0.11, 0.2, 19))
     norm_horizon: float = 50.0
-    #: EGR: GD at rate egr_rate on E + μ‖∇E‖², for each μ
+    #: EGR: GD at rate egr_rate on E + μ‖∇E‖², for each μ (the grids hold h_M/4 and h_L/4)
     egr_rate: float = 1e-3
     mu_grid: tuple[float, ...] = tuple(np.linspace(0.0, 0.025, 11))
     #: error orders: GD for n = T/h steps, n in bea_steps, over the horizon bea_horizon
@@ -90,10 +91,9 @@ class Config:
 
 _PROFILE_DEFAULTS: dict[str, dict] = {
     "smoke": {
-        "h_grid": tuple(np.linspace(0.005, 0.105, 8)),
+        "h_grid": tuple(np.linspace(0.005, 0.108, 8)),
         "h_beyond": tuple(np.linspace(0.12, 0.2, 3)),
-        "norm_horizon": 20.0,
-        "mu_grid": tuple(np.linspace(0.0, 0.025, 4)),
+        "mu_grid": (0.0, 0.005, 0.02, 0.025),
         "bea_steps": (50, 100, 200, 400),
         "breakdown_z": tuple(np.linspace(0.1, 1.9, 6)),
     },
@@ -197,11 +197,6 @@ def hessian_eigenvalues(theta: jax.Array, x: float, y: float) -> jax.Array:
 # --- compiled kernels (static loss, so each compiles once per (x, y)) ---------------------------
 
 
-@partial(jax.jit, static_argnames=("E", "n"))
-def _gd_path(E, theta0, h, n):
-    return bea.gd_trajectory(E, theta0, h, n)
-
-
 @partial(jax.jit, static_argnames=("E",))
 def _egr_finals(E, theta0, h, mus, n):
     def one(mu):
@@ -250,7 +245,7 @@ def trajectories(cfg: Config, which: str = "start") -> pd.DataFrame:
         for name, h in rates.items():
             n = _steps(T, h)
             keep = _subsample(n)
-            path = np.asarray(_gd_path(E, theta0, h, n))[keep]
+            path = np.asarray(bea.gd_trajectory(E, theta0, h, n))[keep]
             frames.append(_points(path, cfg, path=f"GD {name}", h=h, t=keep * h))
         # one batch: gradient flow (order 0) and the modified flow at h_M (order 1)
         h_m = rates["h_M"]
@@ -307,8 +302,9 @@ def egr(cfg: Config) -> pd.DataFrame:
     on ``E + μ‖∇E‖²`` for each μ of ``cfg.mu_grid``, from ``cfg.start`` to ``cfg.norm_horizon``.
 
     To first order its modified loss is ``E + (μ + h'/4)‖∇E‖²``, the modified loss of plain GD at
-    ``h_eff = h' + 4μ``; so each EGR run is paired with plain GD at ``h_eff``. Columns ``method``
-    (``"EGR"`` or ``"GD at h_eff"``), ``mu, h_eff, a, b, loss, norm``.
+    ``h_eff = h' + 4μ``; so each EGR run is paired with plain GD at ``h_eff`` and with the exact
+    flow of that first-order modified loss. Columns ``method`` (``"EGR"``, ``"GD at h_eff"`` or
+    ``"modified flow at h_eff"``), ``mu, h_eff, a, b, loss, norm``.
     """
     E = loss_fn(cfg.x, cfg.y)
     mus = np.asarray(cfg.mu_grid, dtype=np.float64)
@@ -317,9 +313,12 @@ def egr(cfg: Config) -> pd.DataFrame:
         theta0 = jnp.asarray(cfg.start, dtype=jnp.float64)
         n = _steps(cfg.norm_horizon, cfg.egr_rate)
         ns = jnp.asarray([_steps(cfg.norm_horizon, h) for h in h_eff])
+        starts = jnp.broadcast_to(theta0, (mus.size, 2))
         ends = {
             "EGR": _egr_finals(E, theta0, cfg.egr_rate, jnp.asarray(mus), n),
             "GD at h_eff": bea.gd_finals(E, theta0, jnp.asarray(h_eff), ns),
+            "modified flow at h_eff":
+                bea.modified_flows(E, starts, h_eff, 1, cfg.norm_horizon)[:, -1],
         }
     return pd.concat([_points(theta, cfg, method=method, mu=mus, h_eff=h_eff)
                       for method, theta in ends.items()], ignore_index=True)
@@ -338,7 +337,7 @@ def conservation(cfg: Config) -> pd.DataFrame:
         theta0 = jnp.asarray(cfg.start, dtype=jnp.float64)
         for name, h in cfg.rates.items():
             n = _steps(cfg.horizon, h)
-            path = np.asarray(_gd_path(E, theta0, h, n))
+            path = np.asarray(bea.gd_trajectory(E, theta0, h, n))
             q = path[:, 0] ** 2 - path[:, 1] ** 2
             factor = np.append(q[1:] / q[:-1], np.nan)
             predicted = np.append(np.asarray(step_factor(path[:-1], h, cfg.x, cfg.y)), np.nan)
