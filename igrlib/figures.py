@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import tempfile
@@ -106,6 +107,10 @@ def _write_atomic(path: Path, write: Callable[[str], object]) -> None:
 
 
 def _savefig(fig: Figure, path: Path, fmt: str) -> None:
+    # fontTools warns "'created' timestamp seems very low" on every TrueType font it subsets
+    # for the PDF; it is noise in a chapter's output, not a problem with the figure.
+    logging.getLogger("fontTools").setLevel(logging.ERROR)
+
     def write(tmp: str) -> None:
         # a fixed hash salt makes the SVG's element ids reproducible
         with mpl.rc_context({"svg.hashsalt": path.stem}):
