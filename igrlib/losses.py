@@ -102,7 +102,10 @@ def hessian_grad_product(
     * ``"hvp"``: forward-over-reverse, ``jvp(∇E, (θ,), (g,))`` (exact, one extra pass pair);
     * ``"double_backprop"``: reverse-over-reverse, ``∇_θ ½‖∇E(θ)‖²`` (exact);
     * ``"finite_difference"``: the look-ahead ``‖g‖·[∇E(θ + ε g/‖g‖) − ∇E(θ)]/ε``, one extra
-      gradient, error O(ε) (ε in parameter-space units, ``fd_radius``).
+      gradient (ε in parameter-space units, ``fd_radius``). Its error is O(ε) only for smooth
+      losses: on ReLU networks the gradient jumps where units switch, and the look-ahead does
+      not converge to H∇E as ε → 0 (it is a different, smoothed penalty). The experiments use
+      ``"hvp"``.
     """
     check_choice(method, PENALTY_METHODS, "penalty method")
     if method == "hvp":

@@ -47,6 +47,8 @@ def _jsonable(value: Any) -> Any:
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
+    if hasattr(value, "__array__") and not isinstance(value, (np.ndarray, np.generic)):
+        value = np.asarray(value)  # a JAX array
     if isinstance(value, np.ndarray):
         return _jsonable(value.tolist())
     if isinstance(value, (np.generic,)):
@@ -159,12 +161,12 @@ class Store:
             "experiment": self.experiment,
             "config": _jsonable(dict(config)),
             "status": status,
-            "status_step": status_step,
+            "status_step": _jsonable(status_step),
             "error": error,
             "metrics": _jsonable(dict(metrics or {})),
             "history": _jsonable(dict(history or {})),
             "extra": _jsonable(dict(extra or {})),
-            "provenance": provenance(wall_time_s),
+            "provenance": _jsonable(provenance(wall_time_s)),
         }
         file = self.file(config)
         atomic_write_text(file, json.dumps(record, indent=1, sort_keys=True) + "\n")

@@ -376,6 +376,11 @@ def train_group(
     cfg = configs[0]
     if cfg.dataset != data.name:
         raise ConfigError(f"config asks for dataset {cfg.dataset!r} but got {data.name!r}")
+    for field_name, array in (("n_train", data.x_train), ("n_test", data.x_test)):
+        wanted = getattr(cfg, field_name)
+        if wanted is not None and wanted != len(array):
+            raise ConfigError(f"config says {field_name}={wanted} but the data has {len(array)} rows; "
+                              f"load it with data.load(..., {field_name}={wanted})")
     start = time.perf_counter()
     model = cfg.build_model()
     init, advance, evaluate, steps = _build_program(cfg.program_key(), len(data.x_train))
