@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain text bar: tqdm.auto warns in kernels without ipywidgets
 
 from igrlib import losses, models
 from igrlib.config import ConfigError, check_choice, check_keys, check_positive
