@@ -82,3 +82,12 @@ wheels: env
 # Keeps the execution cache (_build/.jupyter_cache) and the results store.
 clean:
 	jupyter-book clean .
+
+# The benchmark suite (bench/, issue 7; < 15 min on 2 cores): prints the targets table and saves
+# bench/results/<machine>.json, which book/performance.md plots. Needs the bench extra (PyTorch).
+# make bench ARGS=--quick: tiny sizes, to check that it runs.
+.PHONY: bench
+bench: env data
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --disable-pip-version-check \
+		--quiet -c requirements.lock -e ".[bench]"
+	$(PY) -m bench.run $(ARGS)

@@ -1,0 +1,216 @@
+"""ResNet-18 on CIFAR-10: implicit and explicit gradient regularization (PAPER.md §6).
+
+Protocol: the CIFAR ResNet-18 of :func:`igrlib.models.resnet18` (3x3 stem, no max-pool, batch
+norm; ``width_multiplier`` scales every stage's channels), cross-entropy, plain SGD with batch
+512 over the learning rates {0.005, 0.01, 0.05, 0.1, 0.2} (PAPER.md §6), no data augmentation
+and no weight decay (the paper gives neither: our choice). Two arms:
+
+* **plain**: every learning rate, no penalty; IGR predicts R_IG down and test accuracy up with h;
+* **EGR**: the smallest learning rates with the penalty ``μ‖∇E‖²`` over a μ grid; step-h SGD on
+  ``E + μ‖∇E‖²`` regularizes like plain SGD at ``h + 4μ`` (``λ_equiv = (h + 4μ)·m/4``, see
+  :mod:`igrlib.egr`). Batch-norm running statistics come from the single forward pass of each
+  step (:func:`igrlib.losses.penalized_value_and_grad`).
+
+Each run is reported at its evaluation of maximal test accuracy among those at or above the
+first training-accuracy threshold, and measured there (R_IG over the training split, λ_max,
+slope, noise robustness), as in :mod:`igrlib.experiments.mnist_mlp`.
+
+Profiles (:data:`PROFILES`): ``paper`` is the full network on the full data (a GPU job for
+papermill); ``cpu`` is a REDUCED network (width multiplier 1/16) on a class-balanced subset of
+512 training images, batch 64, a few learning rates and one seed, which a loaded 2-core machine
+runs in minutes: it exercises the pipeline and shows what a tiny budget shows, not the paper's
+result; ``smoke`` only checks that everything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import pandas as pd
+
+from igrlib import data, egr, models, stats
+from igrlib.config import ConfigError, check_keys, resolve_profile
+from igrlib.experiments import common, egr_mlp, mnist_mlp
+from igrlib.measure import MeasureConfig
+from igrlib.train import TrainConfig, make_loss_fn
+
+NAME = "cifar_resnet"
+PAPER_LEARNING_RATES = (0.005, 0.01, 0.05, 0.1, 0.2)
+#: A light measurement: every HVP of a ResNet costs about three training steps.
+LIGHT_MEASURE = dict(curvature_examples=128, curvature_batch=128, lanczos_iters=5, trace_samples=3,
+                     slope_directions=3, noise_draws=2, sigmas=(0.0, 0.05, 0.1), slices=False)
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        width_multiplier=(0.0625,), learning_rate=(0.2,), egr_lr=(0.01,), mu=(0.05,), seed=(0,),
+        base=dict(epochs=1, batch_size=32, n_train=64, n_test=64, eval_every=1, thresholds=(0.1,)),
+        measure=dict(LIGHT_MEASURE, curvature_examples=32, curvature_batch=32, lanczos_iters=3,
+                     trace_samples=2, slope_directions=2, sigmas=(0.0, 0.1)),
+        cost_widths=(0.0625,), cost_batch=16, cost_methods=("hvp",),
+    ),
+    "cpu": dict(
+        width_multiplier=(0.0625,), learning_rate=(0.01, 0.05, 0.2), egr_lr=(0.01,), mu=(0.01, 0.05),
+        seed=(0,),
+        base=dict(epochs=16, batch_size=64, n_train=512, n_test=500, eval_every=2, thresholds=(0.1,)),
+        measure=LIGHT_MEASURE,
+        cost_widths=(0.0625,), cost_batch=64,
+    ),
+    "paper": dict(
+        width_multiplier=(1.0,), learning_rate=PAPER_LEARNING_RATES, egr_lr=(0.005, 0.01),
+        mu=(0.00125, 0.0025, 0.01, 0.025, 0.05, 0.25), seed=(0, 1, 2),
+        base=dict(epochs=200, batch_size=512, eval_every=2, patience=10, thresholds=(0.99, 0.9)),
+        measure=dict(curvature_examples=2048, curvature_batch=512, lanczos_iters=20, trace_samples=20,
+                     slope_directions=10, noise_draws=5, sigmas=(0.0, 0.02, 0.05, 0.1), slices=False),
+        cost_widths=(1.0,), cost_batch=512,
+    ),
+}
+BASE = dict(dataset="cifar10", model="resnet18", optimizer="sgd", batch_size=512)
+AXES = ("width_multiplier", "learning_rate", "egr_lr", "mu", "seed")
+
+
+def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
+    """The run configs of ``profile``: the plain arm (every ``learning_rate``) and the EGR arm
+    (every ``egr_lr`` × every ``mu`` > 0), for every width multiplier and seed. ``overrides``
+    replace axes (:data:`AXES`, sequences) or training fields (``epochs``, ``n_train``,
+    ``penalty_method``, ...). Every value is validated here, before any compute."""
+    spec = PROFILES[resolve_profile(profile)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    axes = {k: tuple(overrides.pop(k, spec[k])) for k in AXES}
+    check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "cifar_resnet override")
+    if any(not isinstance(mu, (int, float)) or mu <= 0 for mu in axes["mu"]):
+        raise ConfigError(f"EGR mu values must be numbers > 0 (the plain arm is mu = 0), got {axes['mu']!r}")
+    for multiplier in axes["width_multiplier"]:
+        models.resnet18(multiplier)  # validates the width multiplier (builds no parameters)
+    base = {**BASE, **spec["base"], **overrides}
+    measure = MeasureConfig(**spec["measure"])
+    shared = dict(width_multiplier=axes["width_multiplier"])
+    configs = common.make_grid({**base, "regularizer": "none", "mu": 0.0},
+                               {**shared, "learning_rate": axes["learning_rate"], "seed": axes["seed"]},
+                               measure)
+    if axes["egr_lr"] and axes["mu"]:
+        configs += common.make_grid({**base, "regularizer": "egr"},
+                                    {**shared, "learning_rate": axes["egr_lr"], "mu": axes["mu"],
+                                     "seed": axes["seed"]}, measure)
+    return configs
+
+
+group_key = common.group_key
+group_size = common.group_size
+run_group = common.run_group
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+def tidy(runs: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+    """:func:`mnist_mlp.tidy` at ``threshold`` (default: the runs' first threshold) plus ``arm``
+    ("EGR" or "plain"), ``h_equiv = h + 4μ`` and ``lambda_equiv = (h + 4μ)·m/4``."""
+    if runs.empty:
+        return runs
+    threshold = runs["thresholds"].iloc[0][0] if threshold is None else threshold
+    df = mnist_mlp.tidy(runs, threshold)
+    df["arm"] = df["regularizer"].map({"egr": "EGR", "none": "plain"})
+    df["h_equiv"] = df["learning_rate"] + 4 * df["mu"]
+    df["lambda_equiv"] = [egr.lambda_equiv(h, mu, m) for h, mu, m
+                          in zip(df["learning_rate"], df["mu"], df["num_params"])]
+    return df
+
+
+def findings(runs: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+    """The "What we found" table: Spearman ρ with a bootstrap-over-seeds 95 % interval (with one
+    seed the interval collapses to the point; the verdict then rests on ρ's sign alone and says
+    at most "partly")."""
+    df = tidy(runs, threshold)
+    kept = df[df["category"] == "kept"]
+    plain = kept[kept["arm"] == "plain"]
+    rows = []
+
+    def add(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, what: str) -> None:
+        if len(frame) < 3:
+            rows.append(dict(claim=claim, statistic=what, value=f"n={len(frame)} runs: too few",
+                             verdict="no evidence"))
+            return
+        corr = stats.spearman_ci(frame, x, y)
+        verdict = stats.verdict(corr, sign)
+        if frame["seed"].nunique() < 2 and verdict == "reproduced":
+            verdict = "partly"  # one seed: no interval, so no claim beyond the sign
+        rows.append(dict(claim=claim, statistic=what, value=str(corr), verdict=verdict))
+
+    add("2.1 R_IG falls as h grows", plain, "learning_rate", "r_ig", -1, "ρ(h, R_IG), plain")
+    add("2.3 test accuracy rises with h", plain, "learning_rate", "test_acc", +1, "ρ(h, test acc), plain")
+    add("2.2 λ_max falls as h grows", plain, "learning_rate", "lambda_max", -1, "ρ(h, λ_max), plain")
+    for h, group in kept[kept["learning_rate"].isin(df.loc[df["arm"] == "EGR", "learning_rate"])].groupby(
+            "learning_rate"):
+        add(f"EGR lowers R_IG at h = {h:g}", group, "mu", "r_ig", -1, "ρ(μ, R_IG), μ = 0 included")
+        add(f"EGR raises test accuracy at h = {h:g}", group, "mu", "test_acc", +1,
+            "ρ(μ, test acc), μ = 0 included")
+    add("EGR ≈ larger h on the λ axis (R_IG)", kept, "lambda_equiv", "r_ig", -1,
+        "ρ(λ_equiv, R_IG), both arms")
+    add("EGR ≈ larger h on the λ axis (test acc)", kept, "lambda_equiv", "test_acc", +1,
+        "ρ(λ_equiv, test acc), both arms")
+    table = pd.DataFrame(rows)
+    table.insert(0, "threshold", f"{df['thresholds'].iloc[0][0] if threshold is None else threshold:.0%}")
+    return table
+
+
+def summary(runs: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
+    """One row per run: arm, h, μ, λ_equiv, status, epochs, training and test accuracy at the
+    selected evaluation, R_IG, λ_max and slope."""
+    df = tidy(runs, threshold)
+    cols = ["arm", "width_multiplier", "learning_rate", "mu", "seed", "lambda_equiv", "category",
+            "selected_epoch", "train_acc", "test_acc", "r_ig", "lambda_max", "mean_abs_slope"]
+    return df[[c for c in cols if c in df]].sort_values(["arm", "learning_rate", "mu", "seed"])
+
+
+def _time_resnet(config: Mapping[str, Any]) -> dict[str, float]:
+    cifar = data.load("cifar10", n_train=config["batch"], n_test=10)
+    x, y = jnp.asarray(cifar.x_train), jnp.asarray(cifar.y_train)
+    model = models.resnet18(config["width"])
+    params, state = model.init(jax.random.key(0), x[:2])
+    return egr.step_cost(make_loss_fn(model), params, (state, x, y), config["mu"],
+                         config["methods"], config["repeats"])
+
+
+#: Times plain and EGR gradients of the ResNet-18 (``width`` = width multiplier) on ``batch``
+#: CIFAR-10 training images.
+COST = egr_mlp.StepCostExperiment(NAME + "_cost", _time_resnet)
+cost_table = egr_mlp.cost_table
+
+
+def cost_grid(profile: str | None = None) -> list[dict[str, Any]]:
+    """The step-cost configs of ``profile`` for :data:`COST` (three timing rounds: a ResNet step
+    takes seconds here)."""
+    return egr_mlp.cost_configs(PROFILES[resolve_profile(profile)], repeats=3)
+
+
+def history_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Long table of every evaluation of every run: arm, h, μ, seed, epoch and the metrics."""
+    df = tidy(runs)
+    frames = []
+    for _, run in df.iterrows():
+        h = pd.DataFrame(run["history"])
+        for col in ("arm", "learning_rate", "mu", "seed", "status"):
+            h[col] = run[col]
+        frames.append(h)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def describe(configs: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence describing a grid (for captions and the chapter's protocol paragraph)."""
+    trains = [c["train"] for c in configs]
+    t0 = trains[0]
+    widths = sorted({t["width_multiplier"] for t in trains})
+    plain = sorted({t["learning_rate"] for t in trains if t["regularizer"] == "none"})
+    egr_lrs = sorted({t["learning_rate"] for t in trains if t["regularizer"] == "egr"})
+    mus = sorted({t["mu"] for t in trains if t["regularizer"] == "egr"})
+    seeds = sorted({t["seed"] for t in trains})
+    n_train = t0["n_train"] or 50_000
+    return (f"{len(configs)} runs: ResNet-18 at width multiplier {widths}, {len(seeds)} seed(s); "
+            f"plain SGD at h ∈ {plain}; EGR at h ∈ {egr_lrs} with μ ∈ {mus}; batch "
+            f"{t0['batch_size']}, {n_train} training and {t0['n_test'] or 10_000} test images, "
+            f"at most {t0['epochs']} epochs")

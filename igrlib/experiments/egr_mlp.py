@@ -1,0 +1,268 @@
+"""Explicit gradient regularization on MNIST MLPs (PAPER.md §5).
+
+Two arms on one data protocol (that of :mod:`igrlib.experiments.mnist_mlp`: ReLU MLPs with
+``depth`` hidden layers, cross-entropy, mini-batch SGD with batch 512, the training-accuracy
+threshold and the checkpoint of maximal test accuracy):
+
+* **EGR**: a small learning rate ``h`` and the penalised loss ``E + μ‖∇E‖²`` over a μ grid that
+  includes μ = 0 (a plain run, ``regularizer="none"``);
+* **plain**: larger learning rates and no penalty, so EGR runs and plain runs can share one λ
+  axis: step-h SGD on ``E + μ‖∇E‖²`` implicitly regularizes with ``λ_equiv = (h + 4μ)·m/4``
+  (:func:`igrlib.egr.lambda_equiv`), plain runs with ``λ = h·m/4``.
+
+The penalty is written ``μ‖∇E‖²`` (the book's form); in R_IG units it is ``μ'·R_IG`` with
+``μ' = μ·m``. Measurements (R_IG, slope, top eigenvalue, ...) are of the unpenalised loss E.
+
+Profiles (:data:`PROFILES`): ``paper`` two widths on the full data with the paper's learning
+rates for the plain arm; ``cpu`` one width on a 10k-example subset with an epoch budget that a
+loaded 2-core machine runs in minutes; ``smoke`` only checks that everything runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from igrlib import data, egr, losses, models, stats
+from igrlib.config import ConfigError, check_choice, check_keys, resolve_profile
+from igrlib.experiments import common, mnist_mlp
+from igrlib.measure import MeasureConfig
+from igrlib.results import run_id
+from igrlib.sweep import Outcome
+from igrlib.train import TrainConfig, make_loss_fn
+
+NAME = "egr_mlp"
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        width=(16,), small_lr=(0.05,), mu=(0.0, 0.01, 0.1), plain_lr=(0.5,), seed=(0, 1),
+        base=dict(epochs=3, batch_size=256, n_train=1024, n_test=512, eval_every=1, thresholds=(0.1,)),
+        measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=6, trace_samples=4,
+                     slope_directions=3, noise_draws=2, sigmas=(0.0, 0.1), slices=False),
+        cost_widths=(16,), cost_batch=512,
+    ),
+    "cpu": dict(
+        width=(50,), small_lr=(0.02,), mu=(0.0, 0.0075, 0.02, 0.12, 0.25, 0.5),
+        plain_lr=(0.05, 0.1, 0.5), seed=(0, 1, 2),
+        base=dict(epochs=60, n_train=10_000, n_test=10_000, eval_every=2, patience=5,
+                  thresholds=(0.95, 0.97)),
+        measure=dict(curvature_examples=1024, lanczos_iters=12, trace_samples=10,
+                     slope_directions=5, noise_draws=3, slices=False),
+        cost_widths=(200, 800), cost_batch=512,
+    ),
+    "paper": dict(
+        width=(200, 800), small_lr=(0.005,),
+        mu=(0.0, 0.00125, 0.0025, 0.00625, 0.0125, 0.025, 0.125, 0.25, 1.0),
+        plain_lr=mnist_mlp.PAPER_LEARNING_RATES, seed=(0, 1, 2),
+        base=dict(epochs=2000, eval_every=1, patience=20),
+        measure=dict(curvature_examples=10_240, trace_samples=50, noise_draws=10, slices=False),
+        cost_widths=(200, 800), cost_batch=512,
+    ),
+}
+BASE = mnist_mlp.BASE
+AXES = ("width", "small_lr", "mu", "plain_lr", "seed")
+
+
+def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
+    """The run configs of ``profile``: for every width and seed, the EGR arm (each ``small_lr``
+    × each ``mu``; μ = 0 is a plain run) and the plain arm (each ``plain_lr``), duplicates
+    dropped. ``overrides`` replace axes (:data:`AXES`, sequences) or training fields (``epochs``,
+    ``n_train``, ``penalty_method``, ...). Every value is validated here, before any compute."""
+    spec = PROFILES[resolve_profile(profile)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    axes = {k: tuple(overrides.pop(k, spec[k])) for k in AXES}
+    check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "egr_mlp override")
+    if any(not isinstance(mu, (int, float)) or mu < 0 for mu in axes["mu"]):
+        raise ConfigError(f"mu values must be numbers >= 0, got {axes['mu']!r}")
+    base = {**BASE, **spec["base"], **overrides}
+    measure = MeasureConfig(**spec["measure"])
+    configs = []
+    for mu in axes["mu"]:
+        arm = dict(regularizer="egr", mu=float(mu)) if mu > 0 else dict(regularizer="none", mu=0.0)
+        configs += common.make_grid({**base, **arm}, dict(width=axes["width"], learning_rate=axes["small_lr"],
+                                                          seed=axes["seed"]), measure)
+    configs += common.make_grid({**base, "regularizer": "none", "mu": 0.0},
+                                dict(width=axes["width"], learning_rate=axes["plain_lr"],
+                                     seed=axes["seed"]), measure)
+    unique = {run_id(c): c for c in configs}
+    return list(unique.values())
+
+
+group_key = common.group_key
+group_size = common.group_size
+run_group = common.run_group
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+def tidy(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """:func:`mnist_mlp.tidy` plus the EGR columns: ``arm`` ("EGR" for the runs at the learning
+    rates of the EGR runs, μ = 0 included; "plain" for the others), ``h_equiv = h + 4μ``,
+    ``lambda_equiv = (h + 4μ)·m/4``, ``mu_prime = μ·m`` (the penalty in R_IG units)."""
+    df = mnist_mlp.tidy(runs, threshold)
+    if df.empty:
+        return df
+    egr_rates = df.loc[df["regularizer"] == "egr", "learning_rate"].unique()
+    df["arm"] = np.where(df["learning_rate"].isin(egr_rates), "EGR", "plain")
+    df["h_equiv"] = df["learning_rate"] + 4 * df["mu"]
+    df["lambda_equiv"] = [egr.lambda_equiv(h, mu, m) for h, mu, m
+                          in zip(df["learning_rate"], df["mu"], df["num_params"])]
+    df["mu_prime"] = df["mu"] * df["num_params"]
+    return df
+
+
+def matched_mu_limit(runs: pd.DataFrame) -> float:
+    """The largest μ whose equivalent rate ``h + 4μ`` stays within the plain arm's largest rate:
+    the range where EGR is expected to act as a larger learning rate. Beyond it, "too large"."""
+    df = runs if "h_equiv" in runs else tidy(runs)
+    egr_mus = df.loc[df["arm"] == "EGR", ["mu", "h_equiv"]].drop_duplicates()
+    ok = egr_mus[egr_mus["h_equiv"] <= df["learning_rate"].max() * (1 + 1e-9)]
+    return float(ok["mu"].max())
+
+
+def findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """The "What we found" table: Spearman ρ with a bootstrap-over-seeds 95 % interval.
+
+    "Moderate" μ are those up to :func:`matched_mu_limit`; "large" μ are those from that limit
+    up (the limit included, so the comparison starts from the best-matched EGR run).
+    """
+    df = tidy(runs, threshold)
+    kept = df[df["category"] == "kept"]
+    egr_runs = kept[kept["arm"] == "EGR"]
+    limit = matched_mu_limit(df)
+    moderate = egr_runs[egr_runs["mu"] <= limit]
+    large = df[(df["arm"] == "EGR") & (df["mu"] >= limit)]
+    matched = kept[(kept["arm"] == "plain") | (kept["mu"] <= limit)]
+    rows = []
+
+    def add(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, what: str) -> None:
+        if len(frame) < 3:
+            rows.append(dict(claim=claim, statistic=what, value=f"n={len(frame)} runs: too few",
+                             verdict="no evidence"))
+            return
+        corr = stats.spearman_ci(frame, x, y)
+        rows.append(dict(claim=claim, statistic=what, value=str(corr), verdict=stats.verdict(corr, sign)))
+
+    add("EGR lowers R_IG", egr_runs, "mu", "r_ig", -1, "ρ(μ, R_IG), all μ")
+    add("EGR raises test accuracy (moderate μ)", moderate, "mu", "test_acc", +1,
+        f"ρ(μ, test acc), μ ≤ {limit:g}")
+    add("EGR flattens: slope falls", egr_runs, "mu", "mean_abs_slope", -1, "ρ(μ, slope), all μ")
+    add("EGR flattens: λ_max falls", egr_runs, "mu", "lambda_max", -1, "ρ(μ, λ_max), all μ")
+    add("EGR ≈ larger h: one R_IG trend on the λ axis", matched, "lambda_equiv", "r_ig", -1,
+        "ρ(λ_equiv, R_IG), both arms")
+    add("EGR ≈ larger h: one accuracy trend on the λ axis", matched, "lambda_equiv", "test_acc", +1,
+        "ρ(λ_equiv, test acc), both arms")
+    add("too large μ hurts", large, "mu", "test_acc", -1,
+        f"ρ(μ, test acc), μ ≥ {limit:g}, every run")
+    table = pd.DataFrame(rows)
+    table.insert(0, "threshold", f"{threshold:.0%}")
+    return table
+
+
+def summary(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """Per arm, learning rate and μ: runs and kept runs, the mean test accuracy over every run
+    (``all_test_acc``, at its selected checkpoint or last evaluation) and the means of test
+    accuracy, R_IG, slope and λ_max over the kept runs."""
+    df = tidy(runs, threshold)
+    df["kept"] = df["category"] == "kept"
+    keys = ["arm", "width", "learning_rate", "mu", "h_equiv"]
+    out = df.groupby(keys).agg(runs=("kept", "size"), kept=("kept", "sum"),
+                               all_test_acc=("test_acc", "mean"))
+    means = df[df["kept"]].groupby(keys)[["test_acc", "r_ig", "mean_abs_slope", "lambda_max"]].mean()
+    return out.join(means)
+
+
+@dataclass(frozen=True)
+class StepCostExperiment:
+    """A results-store experiment whose runs time one gradient: plain and EGR per penalty method.
+
+    A config is ``{"width": ..., "batch": ..., "mu": ..., "methods": [...], "repeats": ...}``
+    (``width`` is the MLP width or the ResNet width multiplier, as ``time_fn`` reads it);
+    ``time_fn(config)`` returns :func:`igrlib.egr.step_cost`'s ``{name: seconds}``. Stored like
+    any run (with the machine in its provenance), a timing is made once per profile and read back
+    when a chapter re-executes.
+    """
+
+    NAME: str
+    time_fn: Callable[[Mapping[str, Any]], dict[str, float]]
+
+    def group_key(self, config: Mapping[str, Any]) -> str:
+        return run_id(config)
+
+    def group_size(self, config: Mapping[str, Any]) -> int:
+        return 1
+
+    def run_group(self, configs: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        outcomes = []
+        for config in configs:
+            start = time.perf_counter()
+            seconds = self.time_fn(config)
+            outcomes.append(Outcome("ok", metrics={f"seconds_{k}": v for k, v in seconds.items()},
+                                    wall_time_s=time.perf_counter() - start))
+        return outcomes
+
+
+def cost_configs(spec: Mapping[str, Any], mu: float = 0.01, repeats: int = 5) -> list[dict[str, Any]]:
+    """Step-cost configs of a profile's spec: its ``cost_widths`` on ``cost_batch`` examples, the
+    penalty methods ``cost_methods`` (default: all), EGR with ``mu``, ``repeats`` timing rounds."""
+    methods = list(spec.get("cost_methods", losses.PENALTY_METHODS))
+    for method in methods:
+        check_choice(method, losses.PENALTY_METHODS, "penalty method")
+    return [dict(width=w, batch=spec["cost_batch"], mu=mu, methods=methods, repeats=repeats)
+            for w in spec["cost_widths"]]
+
+
+def cost_grid(profile: str | None = None) -> list[dict[str, Any]]:
+    """The step-cost configs of ``profile`` for :data:`COST` (MLP widths, batch 512)."""
+    return cost_configs(PROFILES[resolve_profile(profile)])
+
+
+def cost_table(costs: pd.DataFrame) -> pd.DataFrame:
+    """One row per (width, method): seconds per gradient and the ratio to the plain gradient."""
+    rows = []
+    for _, run in costs.iterrows():
+        plain = run["seconds_plain"]
+        for method in ["plain", *run["methods"]]:
+            rows.append(dict(width=run["width"], batch=run["batch"], method=method,
+                             ms_per_step=1e3 * run[f"seconds_{method}"],
+                             ratio_to_plain=run[f"seconds_{method}"] / plain))
+    return pd.DataFrame(rows)
+
+
+def _time_mlp(config: Mapping[str, Any]) -> dict[str, float]:
+    mnist = data.load("mnist", n_train=config["batch"], n_test=10)
+    x, y = jnp.asarray(mnist.x_train), jnp.asarray(mnist.y_train)
+    model = models.mlp(config["width"], depth=BASE["depth"])
+    params, state = model.init(jax.random.key(0), x[:2])
+    return egr.step_cost(make_loss_fn(model), params, (state, x, y), config["mu"],
+                         config["methods"], config["repeats"])
+
+
+#: Times plain and EGR gradients of the MNIST MLP on ``batch`` training images.
+COST = StepCostExperiment(NAME + "_cost", _time_mlp)
+
+
+def describe(configs: Sequence[Mapping[str, Any]]) -> str:
+    """One sentence describing a grid (for captions and the chapter's protocol paragraph)."""
+    trains = [c["train"] for c in configs]
+    widths = sorted({t["width"] for t in trains})
+    small = sorted({t["learning_rate"] for t in trains if t["regularizer"] == "egr"})
+    mus = sorted({t["mu"] for t in trains if t["learning_rate"] in small})
+    plain = sorted({t["learning_rate"] for t in trains} - set(small))
+    seeds = sorted({t["seed"] for t in trains})
+    t0 = trains[0]
+    return (f"{len(configs)} runs: widths {widths}, {len(seeds)} seeds; EGR arm at h ∈ {small} "
+            f"with μ ∈ {mus}; plain arm at h ∈ {plain}; {t0['depth']} hidden layers, "
+            f"{t0['optimizer'].upper()} batch {t0['batch_size']}, {t0['n_train'] or 60_000} "
+            f"training examples, at most {t0['epochs']} epochs, penalty gradient by "
+            f"{t0['penalty_method']!r}")
