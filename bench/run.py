@@ -38,10 +38,10 @@ _STEPS = {50: 20, 200: 8, 800: 3}
 #: at the quick sizes the curvature section's training also reuses the grid's one-run program.
 FULL: dict[str, dict[str, Any]] = {
     "step": dict(widths=(50, 200, 800), steps=_STEPS, repeats=9),
-    "penalty": dict(widths=(50, 200, 800), steps=_STEPS, repeats=7, mu=0.01),
+    "penalty": dict(widths=(50, 200, 800), steps=_STEPS, repeats=9, mu=0.01),
     "roofline": dict(width=800, steps=_STEPS[800], repeats=7, matmul_n=2048),
     "grid": dict(widths=(50, 100, 200), runs={50: 16, 100: 8, 200: 8},
-                 learning_rates=(0.1, 0.05, 0.02, 0.01), repeats=3, n_train=5000, n_test=1000,
+                 learning_rates=(0.1, 0.05, 0.02, 0.01), repeats=5, n_train=5000, n_test=1000,
                  batch_size=512, epochs=2, eval_every=2),
     "eigen": dict(width=200, n_train=10_000, hvp_batch=1000, train_epochs=6, learning_rate=0.1,
                   ref_iters=24, power_max=100),
