@@ -264,3 +264,18 @@ def test_findings_on_synthetic_records():
     runs["test_acc"] = -runs["test_acc"]
     flipped = egr_mlp.findings(runs, 0.95).set_index("claim")
     assert flipped.loc["EGR raises test accuracy (moderate μ)", "verdict"] == "not reproduced"
+
+
+def test_matched_pairs_pair_each_mu_with_its_plain_rate():
+    runs = _fake_runs()
+    pairs = egr_mlp.matched_pairs(runs, 0.95)
+    assert list(pairs["mu"]) == [0.0075, 0.02, 0.12]  # μ = 0.5 is below threshold, h + 4μ = 2.02 unmatched
+    np.testing.assert_allclose(pairs["h_equiv"], [0.05, 0.1, 0.5])
+    assert (pairs[["n_baseline", "n_egr", "n_plain"]] == 3).all().all()
+    first = pairs.iloc[0]
+    plain = runs[(runs["regularizer"] == "none") & np.isclose(runs["learning_rate"], 0.05)]
+    assert first["test_acc_plain"] == pytest.approx(plain["test_acc"].mean(), rel=1e-12)
+    base = runs[(runs["mu"] == 0) & np.isclose(runs["learning_rate"], 0.02)]
+    assert first["r_ig_baseline"] == pytest.approx(base["r_ig"].mean(), rel=1e-12)
+    # the synthetic accuracy depends on h + 4μ only, so EGR and plain agree to the noise
+    np.testing.assert_allclose(pairs["test_acc_egr"], pairs["test_acc_plain"], atol=1e-3)

@@ -169,6 +169,30 @@ def findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     return table
 
 
+def matched_pairs(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """One row per EGR setting (width, h, μ > 0) whose equivalent rate ``h + 4μ`` is a plain
+    arm's rate: mean test accuracy and R_IG of the kept runs of the EGR baseline (same width and
+    h, μ = 0), of the EGR runs, and of the plain runs at ``h + 4μ``, with the kept-run counts."""
+    df = tidy(runs, threshold)
+    kept = df[df["category"] == "kept"]
+    plain = kept[kept["arm"] == "plain"]
+    rows = []
+    for (width, h, mu), group in kept[(kept["arm"] == "EGR") & (kept["mu"] > 0)].groupby(
+            ["width", "learning_rate", "mu"]):
+        base = kept[(kept["arm"] == "EGR") & (kept["mu"] == 0) & (kept["width"] == width)
+                    & np.isclose(kept["learning_rate"], h)]
+        match = plain[(plain["width"] == width) & np.isclose(plain["learning_rate"], h + 4 * mu)]
+        if match.empty:
+            continue
+        row = dict(width=width, h=h, mu=mu, h_equiv=h + 4 * mu)
+        for name, frame in (("baseline", base), ("egr", group), ("plain", match)):
+            row[f"n_{name}"] = len(frame)
+            row[f"test_acc_{name}"] = frame["test_acc"].mean()
+            row[f"r_ig_{name}"] = frame["r_ig"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def summary(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     """Per arm, learning rate and μ: runs and kept runs, the mean test accuracy over every run
     (``all_test_acc``, at its selected checkpoint or last evaluation) and the means of test
