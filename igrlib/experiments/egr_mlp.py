@@ -146,12 +146,7 @@ def findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     rows = []
 
     def add(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, what: str) -> None:
-        if len(frame) < 3:
-            rows.append(dict(claim=claim, statistic=what, value=f"n={len(frame)} runs: too few",
-                             verdict="no evidence"))
-            return
-        corr = stats.spearman_ci(frame, x, y)
-        rows.append(dict(claim=claim, statistic=what, value=str(corr), verdict=stats.verdict(corr, sign)))
+        rows.append(stats.finding(claim, frame, x, y, sign, what))
 
     add("EGR lowers R_IG", egr_runs, "mu", "r_ig", -1, "ρ(μ, R_IG), all μ")
     add("EGR raises test accuracy (moderate μ)", moderate, "mu", "test_acc", +1,

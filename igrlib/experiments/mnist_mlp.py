@@ -106,15 +106,7 @@ def findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     rows = []
 
     def add(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, what: str) -> None:
-        if len(frame) < 3:
-            rows.append(dict(claim=claim, statistic=what, value=f"n={len(frame)} runs: too few",
-                             verdict="no evidence"))
-            return
-        corr = stats.spearman_ci(frame, x, y)
-        found = stats.verdict(corr, sign)
-        if claim.startswith("(confound)"):  # not a prediction: say whether the confound is there
-            found = "confound present" if found == "reproduced" else "confound not detected"
-        rows.append(dict(claim=claim, statistic=what, value=str(corr), verdict=found))
+        rows.append(stats.finding(claim, frame, x, y, sign, what))
 
     add("2.1 R_IG falls as λ grows", kept, "lambda", "r_ig", -1, "ρ(λ, R_IG), pooled")
     add("2.3 test accuracy rises with λ", kept, "lambda", "test_acc", +1, "ρ(λ, test acc), pooled")
