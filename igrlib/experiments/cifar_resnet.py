@@ -131,15 +131,7 @@ def findings(runs: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame
     rows = []
 
     def add(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, what: str) -> None:
-        if len(frame) < 3:
-            rows.append(dict(claim=claim, statistic=what, value=f"n={len(frame)} runs: too few",
-                             verdict="no evidence"))
-            return
-        corr = stats.spearman_ci(frame, x, y)
-        verdict = stats.verdict(corr, sign)
-        if frame["seed"].nunique() < 2 and verdict == "reproduced":
-            verdict = "partly"  # one seed: no interval, so no claim beyond the sign
-        rows.append(dict(claim=claim, statistic=what, value=str(corr), verdict=verdict))
+        rows.append(stats.finding(claim, frame, x, y, sign, what))
 
     add("2.1 R_IG falls as h grows", plain, "learning_rate", "r_ig", -1, "ρ(h, R_IG), plain")
     add("2.3 test accuracy rises with h", plain, "learning_rate", "test_acc", +1, "ρ(h, test acc), plain")
