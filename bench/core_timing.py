@@ -50,7 +50,8 @@ def _timed(fn: Callable[[], object]) -> float:
 def epoch_times(width: int, mnist: data.Dataset) -> dict[str, float]:
     """Seconds for: the first epoch (with compile), epochs 2 and 3 (mean), one evaluation."""
     cfg = train.TrainConfig(width=width, depth=5, batch_size=BATCH, epochs=3, learning_rate=0.1)
-    init, advance, evaluate, steps = train._build_program(cfg.program_key(), len(mnist.x_train))
+    init, advance, evaluate, steps = train._build_program(cfg.program_key(), len(mnist.x_train),
+                                                          batched=False)
     x, y = jnp.asarray(mnist.x_train), jnp.asarray(mnist.y_train)
     one = jnp.ones(1, bool)
     lr = jnp.asarray([cfg.learning_rate], jnp.float32)

@@ -50,8 +50,8 @@ def igrlib_loop(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, runs: int = 1,
     instead of ``cfg``'s (the carry is the same whatever the regulariser), which spares compiling
     the same initialisation once per penalty method.
     """
-    _, advance, _, steps = _build_program(cfg.program_key(), len(x))
-    init = _build_program((init_from or cfg).program_key(), len(x))[0]
+    _, advance, _, steps = _build_program(cfg.program_key(), len(x), batched=runs > 1)
+    init = _build_program((init_from or cfg).program_key(), len(x), batched=runs > 1)[0]
     seeds = jnp.arange(runs, dtype=jnp.uint32)
     lrs = jnp.full(runs, cfg.learning_rate, jnp.float32)
     mus = jnp.full(runs, cfg.mu, jnp.float32)

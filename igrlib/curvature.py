@@ -50,10 +50,13 @@ WHICH: tuple[str, ...] = ("largest", "smallest", "both")
 
 def check_batches(batches: Any) -> int:
     """Return the number of batches ``B``; raise :class:`ConfigError` unless ``batches`` is a pair
-    ``(xb, yb)`` of arrays with the same leading (batch-index) length ``B ≥ 1``."""
-    if not isinstance(batches, (tuple, list)) or len(batches) != 2:
-        raise ConfigError("batches must be a pair (xb, yb) of arrays shaped (n_batches, batch_size, ...)")
-    xb, yb = batches
+    ``(xb, yb)`` of arrays with the same leading (batch-index) length ``B ≥ 1``, optionally followed
+    by a third element: a pytree of per-batch context whose leaves also lead with ``B`` (e.g.
+    batch-norm statistics, see :func:`with_context`)."""
+    if not isinstance(batches, (tuple, list)) or len(batches) not in (2, 3):
+        raise ConfigError("batches must be a pair (xb, yb) of arrays shaped (n_batches, batch_size, ...)"
+                          ", optionally with a third element of per-batch context")
+    xb, yb = batches[:2]
     if np.ndim(xb) < 2 or np.ndim(yb) < 2:
         raise ConfigError(
             f"batches arrays need a batch-index axis and a batch axis, got shapes "
@@ -63,7 +66,25 @@ def check_batches(batches: Any) -> int:
         raise ConfigError(
             f"xb and yb must share (n_batches, batch_size) ≥ 1, got {np.shape(xb)[:2]} and {np.shape(yb)[:2]}"
         )
-    return int(np.shape(xb)[0])
+    n_batches = int(np.shape(xb)[0])
+    if len(batches) == 3:
+        leads = {np.shape(leaf)[:1] for leaf in jax.tree.leaves(batches[2])}
+        if leads - {(n_batches,)}:
+            raise ConfigError(f"every leaf of the batch context must lead with n_batches={n_batches}, "
+                              f"got leading shapes {sorted(leads)}")
+    return n_batches
+
+
+def with_context(batches: Batch, context: Any) -> tuple[jax.Array, jax.Array, Any]:
+    """``(xb, yb, context repeated B times)``: batches whose loss also reads ``context``.
+
+    Passing fixed model state (batch-norm running statistics) this way, instead of closing a loss
+    function over it, keeps the loss function the same Python object for every network of one
+    architecture, so the jitted curvature functions compile once, not once per network.
+    """
+    n_batches = check_batches(batches)
+    tiled = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_batches, *np.shape(a))), context)
+    return (batches[0], batches[1], tiled)
 
 
 def stack_batches(x: jax.Array, y: jax.Array, batch_size: int) -> tuple[jax.Array, jax.Array]:
@@ -90,6 +111,10 @@ def batch_mean(fn: Callable[[Batch], Any], batches: Batch) -> Any:
     one batch's intermediates are alive at a time."""
     n_batches = check_batches(batches)
     first = jax.tree.map(lambda a: a[0], batches)
+    if n_batches == 1:
+        # no loop: XLA on CPU runs a convolution inside a loop body several times slower
+        # (jax-ml/jax#12868), even a loop of one iteration
+        return fn(first)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first))
 
     def step(total, batch):

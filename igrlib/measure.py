@@ -111,8 +111,9 @@ def measure(model: Model, params: Any, state: Any, data: Dataset, config: Measur
     n -= n % config.curvature_batch
     batches = curvature.stack_batches(jnp.asarray(data.x_train[:n]), jnp.asarray(data.y_train[:n]),
                                       config.curvature_batch)
-    # Curvature is taken in θ only: the state rides along fixed, so close over it.
-    loss_theta = _theta_loss(batch_loss, state)
+    # Curvature is taken in θ only: the state rides along fixed, as per-batch context.
+    loss_theta = _theta_loss(batch_loss)
+    batches = curvature.with_context(batches, state)
     eig = curvature.top_eigenvalues(loss_theta, params, batches, k_eig,
                                     num_iters=min(config.lanczos_iters, m), which="both")
     trace = curvature.hessian_trace(loss_theta, params, batches, k_trace, config.trace_samples)
@@ -141,12 +142,6 @@ def measure(model: Model, params: Any, state: Any, data: Dataset, config: Measur
 
 
 @functools.lru_cache(maxsize=64)
-def _stateless_loss(batch_loss):
-    return lambda p, b: batch_loss((p, {}), b)
-
-
-def _theta_loss(batch_loss, state):
-    """``θ, batch -> E``; for a stateless model the same function object every call (no recompiles)."""
-    if not jax.tree_util.tree_leaves(state):
-        return _stateless_loss(batch_loss)
-    return lambda p, b: batch_loss((p, state), b)
+def _theta_loss(batch_loss):
+    """``θ, (x, y, state) -> E``: one function object per model, so nothing recompiles per run."""
+    return lambda p, b: batch_loss((p, b[2]), b[:2])

@@ -89,6 +89,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.depth, int) or self.depth < 0:
             raise ConfigError(f"depth must be an integer >= 0, got {self.depth!r}")
+        if isinstance(self.width_multiplier, bool) or not (
+                isinstance(self.width_multiplier, (int, float)) and 0 < self.width_multiplier <= 8):
+            raise ConfigError(f"width_multiplier must be a number in (0, 8], got {self.width_multiplier!r}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")
         if self.regularizer == "egr":
@@ -233,7 +236,7 @@ def split_eval_fn(model: models.Model):
             hit = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
             return (acc[0] + jnp.sum(nll * wb), acc[1] + jnp.sum(hit * wb)), None
 
-        (loss_sum, hit_sum), _ = jax.lax.scan(body, (0.0, 0.0), (data.x, data.y, data.w))
+        (loss_sum, hit_sum), _ = _scan_or_call(body, (0.0, 0.0), (data.x, data.y, data.w))
         return loss_sum / data.n, hit_sum / data.n
 
     return evaluate
@@ -254,10 +257,20 @@ def full_batch_grad_fn(model: models.Model):
             return (acc[0] + v, jax.tree_util.tree_map(jnp.add, acc[1], g)), None
 
         zero = (0.0, jax.tree_util.tree_map(jnp.zeros_like, params))
-        (value, grad), _ = jax.lax.scan(body, zero, (data.x, data.y, data.w))
+        (value, grad), _ = _scan_or_call(body, zero, (data.x, data.y, data.w))
         return value, grad
 
     return value_and_grad
+
+
+def _scan_or_call(body, init, xs):
+    """``lax.scan(body, init, xs)``, or one plain call of ``body`` when ``xs`` has one row: XLA on
+    CPU runs a convolution inside a loop body several times slower (jax-ml/jax#12868), even in a
+    loop of one iteration."""
+    if jax.tree_util.tree_leaves(xs)[0].shape[0] == 1:
+        carry, out = body(init, jax.tree_util.tree_map(lambda a: a[0], xs))
+        return carry, jax.tree_util.tree_map(lambda a: a[None], out)
+    return jax.lax.scan(body, init, xs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,9 +300,10 @@ def _tree_where(mask, new, old):
 
 
 @functools.lru_cache(maxsize=16)
-def _build_program(cfg: TrainConfig, n_train: int):
+def _build_program(cfg: TrainConfig, n_train: int, batched: bool = True):
     """Jitted, vmapped functions ``init``, ``advance`` (eval_every epochs) and ``evaluate`` for
-    every group sharing ``cfg.program_key()`` (cached, so each compiles once per process)."""
+    every group sharing ``cfg.program_key()`` (cached, so each compiles once per process);
+    ``batched=False`` builds them for a group of one, without ``vmap``."""
     model = cfg.build_model()
     steps, batch = _steps_per_epoch(cfg, n_train)
     loss_fn = make_loss_fn(model)
@@ -306,10 +320,8 @@ def _build_program(cfg: TrainConfig, n_train: int):
         return dict(params=params, state=state, opt=make_tx(lr).init(params), data_key=data_key,
                     bad_step=jnp.int32(-1), step=jnp.int32(0))
 
-    def advance(carry, lr, mu, active, first_epoch, x_train, y_train):
-        tx = make_tx(lr)
-        grad_fn = losses.penalized_value_and_grad(loss_fn, mu, cfg.penalty_method)
-
+    def indices(carry, first_epoch):
+        """The mini-batch example indices of ``eval_every`` epochs: (eval_every·steps, batch)."""
         def epoch_indices(epoch):
             if cfg.optimizer == "gd":
                 return jnp.arange(n_train)[None]
@@ -317,44 +329,79 @@ def _build_program(cfg: TrainConfig, n_train: int):
             return perm[: steps * batch].reshape(steps, batch)
 
         epochs = first_epoch + jnp.arange(cfg.eval_every)
-        idx = jax.vmap(epoch_indices)(epochs).reshape(cfg.eval_every * steps, batch)
+        return jax.vmap(epoch_indices)(epochs).reshape(cfg.eval_every * steps, batch)
 
-        def step(c, ids):
-            xb, yb = x_train[ids], y_train[ids]
-            if cfg.regularizer == "none":
-                (loss, (new_state, _)), g = jax.value_and_grad(loss_fn, has_aux=True)(
-                    c["params"], c["state"], xb, yb)
-                total = g
-            else:
-                (loss, (new_state, _)), _, total = grad_fn(c["params"], c["state"], xb, yb)
-            updates, new_opt = tx.update(total, c["opt"], c["params"])
-            new_params = optax.apply_updates(c["params"], updates)
-            finite = jnp.isfinite(loss) & jnp.isfinite(losses.sq_norm(updates))
-            alive = active & (c["bad_step"] < 0)
-            ok = alive & finite
-            return dict(
-                params=_tree_where(ok, new_params, c["params"]),
-                state=_tree_where(ok, new_state, c["state"]),
-                opt=_tree_where(ok, new_opt, c["opt"]),
-                data_key=c["data_key"],
-                bad_step=jnp.where(alive & ~finite, c["step"], c["bad_step"]),
-                step=c["step"] + alive.astype(jnp.int32),
-            ), None
+    def step(c, ids, lr, mu, active, x_train, y_train):
+        tx = make_tx(lr)
+        xb, yb = x_train[ids], y_train[ids]
+        if cfg.regularizer == "none":
+            (loss, (new_state, _)), total = jax.value_and_grad(loss_fn, has_aux=True)(
+                c["params"], c["state"], xb, yb)
+        else:
+            grad_fn = losses.penalized_value_and_grad(loss_fn, mu, cfg.penalty_method)
+            (loss, (new_state, _)), _, total = grad_fn(c["params"], c["state"], xb, yb)
+        updates, new_opt = tx.update(total, c["opt"], c["params"])
+        new_params = optax.apply_updates(c["params"], updates)
+        finite = jnp.isfinite(loss) & jnp.isfinite(losses.sq_norm(updates))
+        alive = active & (c["bad_step"] < 0)
+        ok = alive & finite
+        return dict(
+            params=_tree_where(ok, new_params, c["params"]),
+            state=_tree_where(ok, new_state, c["state"]),
+            opt=_tree_where(ok, new_opt, c["opt"]),
+            data_key=c["data_key"],
+            bad_step=jnp.where(alive & ~finite, c["step"], c["bad_step"]),
+            step=c["step"] + alive.astype(jnp.int32),
+        )
 
-        carry, _ = jax.lax.scan(step, carry, idx)
-        return carry
+    def advance(carry, lr, mu, active, first_epoch, x_train, y_train):
+        def body(c, ids):
+            return step(c, ids, lr, mu, active, x_train, y_train), None
+
+        return jax.lax.scan(body, carry, indices(carry, first_epoch))[0]
 
     def evaluate(carry, train_split, test_split):
         train_loss, train_acc = eval_split(carry["params"], carry["state"], train_split)
         test_loss, test_acc = eval_split(carry["params"], carry["state"], test_split)
         return dict(train_loss=train_loss, train_acc=train_acc, test_loss=test_loss, test_acc=test_acc)
 
-    return (
-        jax.jit(jax.vmap(init, in_axes=(0, 0, None))),
-        jax.jit(jax.vmap(advance, in_axes=(0, 0, 0, 0, None, None, None)), donate_argnums=0),
-        jax.jit(jax.vmap(evaluate, in_axes=(0, None, None))),
-        steps,
-    )
+    # A group of one runs the unbatched functions on a leading axis of length 1: XLA on CPU lowers
+    # a convolution vmapped over its weights to a grouped convolution, several times slower.
+    batched_fn = jax.vmap if batched else _as_batch_of_one
+    evaluate_fn = jax.jit(batched_fn(evaluate, in_axes=(0, None, None)))
+    init_fn = jax.jit(batched_fn(init, in_axes=(0, 0, None)))
+    if not _steps_in_python(cfg):
+        advance_fn = jax.jit(batched_fn(advance, in_axes=(0, 0, 0, 0, None, None, None)),
+                             donate_argnums=0)
+        return init_fn, advance_fn, evaluate_fn, steps
+    # Convolutions inside an XLA loop body run several times slower on CPU than the same
+    # convolutions outside one (jax-ml/jax#12868; 6x for the CIFAR ResNet-18 here), so a
+    # convolutional network takes its steps from a Python loop over one jitted step.
+    indices_fn = jax.jit(batched_fn(indices, in_axes=(0, None)))
+    step_fn = jax.jit(batched_fn(step, in_axes=(0, 0, 0, 0, 0, None, None)), donate_argnums=0)
+
+    def advance_in_python(carry, lr, mu, active, first_epoch, x_train, y_train):
+        idx = indices_fn(carry, first_epoch)
+        for k in range(idx.shape[1]):
+            carry = step_fn(carry, idx[:, k], lr, mu, active, x_train, y_train)
+        return carry
+
+    return init_fn, advance_in_python, evaluate_fn, steps
+
+
+def _steps_in_python(cfg: TrainConfig) -> bool:
+    """Whether training steps loop in Python rather than in ``lax.scan`` (see :func:`_build_program`)."""
+    return cfg.model != "mlp" and jax.default_backend() == "cpu"
+
+
+def _as_batch_of_one(fn, in_axes):
+    """``fn`` with the signature of ``jax.vmap(fn, in_axes)`` restricted to a batch of size 1."""
+
+    def wrapped(*args):
+        args = [x if axis is None else jax.tree.map(lambda a: a[0], x) for x, axis in zip(args, in_axes)]
+        return jax.tree.map(lambda a: a[None], fn(*args))
+
+    return wrapped
 
 
 def _collapsed(train_acc: float, train_loss: float, peak_acc: float, num_classes: int) -> bool:
@@ -383,7 +430,8 @@ def train_group(
                               f"load it with data.load(..., {field_name}={wanted})")
     start = time.perf_counter()
     model = cfg.build_model()
-    init, advance, evaluate, steps = _build_program(cfg.program_key(), len(data.x_train))
+    init, advance, evaluate, steps = _build_program(cfg.program_key(), len(data.x_train),
+                                                    batched=len(configs) > 1)
     lrs = jnp.asarray([c.learning_rate for c in configs], jnp.float32)
     mus = jnp.asarray([c.mu for c in configs], jnp.float32)
     seeds = jnp.asarray([c.seed for c in configs], jnp.uint32)

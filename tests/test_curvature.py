@@ -169,3 +169,23 @@ def test_spectral_density_quadrature(problem):
     hutchinson = curvature.hessian_trace(mlp_loss, p, batches, key, num_samples=20)
     np.testing.assert_allclose(m * np.sum(slq.weights * slq.nodes, axis=1), hutchinson.samples, rtol=1e-10)
     np.testing.assert_allclose(np.trapezoid(slq.density, slq.grid), 1.0, atol=1e-3)
+
+
+def scaled_loss(params, batch):
+    """``s · mlp_loss``, with the scale ``s`` read from the batches' context (like batch-norm state)."""
+    return batch[2]["scale"] * mlp_loss(params, batch[:2])
+
+
+def test_context_rides_with_the_batches_without_recompiling(problem):
+    p, batches, exact = problem["params"], problem["batches"], problem["eigenvalues"]
+    key = jax.random.key(1)
+    before = curvature._lanczos._cache_size()
+    for scale in (1.0, 3.0):
+        context = {"scale": jnp.asarray(scale)}
+        result = curvature.top_eigenvalues(scaled_loss, p, curvature.with_context(batches, context),
+                                           key, num_iters=40)
+        np.testing.assert_allclose(result.largest, scale * exact[-1], rtol=1e-6)
+    # a second context is a new argument value, not a new program
+    assert curvature._lanczos._cache_size() == before + 1
+    with pytest.raises(ConfigError, match="lead with n_batches"):
+        curvature.check_batches((*batches, {"scale": jnp.ones(3)}))

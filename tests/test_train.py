@@ -78,6 +78,8 @@ def alone(small):
     ({"thresholds": ()}, "thresholds"),
     ({"seed": -1}, "seed"),
     ({"n_train": 0}, "n_train"),
+    ({"width_multiplier": 0.0}, "width_multiplier"),
+    ({"width_multiplier": "1/4"}, "width_multiplier"),
 ])
 def test_bad_config_values_are_config_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
@@ -144,6 +146,22 @@ def test_a_run_trained_alone_matches_it_trained_in_a_group(sane_pair, alone):
     for key in HISTORY_KEYS:
         np.testing.assert_allclose(alone.history[key], sane_pair[0].history[key], rtol=1e-4,
                                    atol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow
+def test_steps_looped_in_python_match_steps_in_scan(sane_pair, small, monkeypatch):
+    """The Python loop over jitted steps (convolutional models on CPU) is the same algorithm as
+    the ``lax.scan`` program: same batches in the same order, same updates up to rounding."""
+    monkeypatch.setattr(train, "_steps_in_python", lambda cfg: True)
+    train._build_program.cache_clear()
+    try:
+        looped = train.train_group([r.config for r in sane_pair], small, progress=False)
+    finally:
+        train._build_program.cache_clear()
+    for a, b in zip(looped, sane_pair):
+        assert a.history["epoch"] == b.history["epoch"]
+        for key in HISTORY_KEYS:
+            np.testing.assert_allclose(a.history[key], b.history[key], rtol=1e-4, atol=1e-5, err_msg=key)
 
 
 def test_training_is_deterministic(sane_pair, small):
