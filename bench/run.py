@@ -25,10 +25,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import book, eigen, grid, machine, penalty, roofline, step, targets, torch_loop  # noqa: E402
+from bench import book, conv, eigen, grid, machine, penalty, roofline, step, targets, torch_loop  # noqa: E402
 from igrlib import paths, results  # noqa: E402
 
-SECTIONS = ("step", "penalty", "roofline", "grid", "eigen", "book")
+SECTIONS = ("step", "penalty", "roofline", "grid", "eigen", "conv", "book")
 RESULTS = paths.PROJECT_ROOT / "bench" / "results"
 QUICK_RESULTS = paths.PROJECT_ROOT / "build" / "bench"
 
@@ -45,6 +45,7 @@ FULL: dict[str, dict[str, Any]] = {
                  batch_size=512, epochs=2, eval_every=2),
     "eigen": dict(width=200, n_train=10_000, hvp_batch=1000, train_epochs=6, learning_rate=0.1,
                   ref_iters=24, power_max=100),
+    "conv": dict(width=0.0625, steps=8, repeats=7, batch_size=64),
     "book": {},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -56,10 +57,11 @@ QUICK: dict[str, dict[str, Any]] = {
                  n_test=64, batch_size=64, epochs=2, eval_every=1),
     "eigen": dict(width=16, n_train=256, hvp_batch=128, train_epochs=2, learning_rate=0.1,
                   ref_iters=8, power_max=10, batch_size=64, n_test=64, eval_every=1),
+    "conv": dict(width=0.0625, steps=2, repeats=1, batch_size=8),
     "book": {},
 }
 RUNNERS = {"step": step.run, "penalty": penalty.run, "roofline": roofline.run, "grid": grid.run,
-           "eigen": eigen.run, "book": book.run}
+           "eigen": eigen.run, "conv": conv.run, "book": book.run}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -8,7 +8,8 @@ Each target is a measured value, a comparison and a limit:
 * grid: the grid runner's speed-up over sequential runs ``≥ 1`` at every width, and ``≥ 1.5`` for
   the grid of the narrowest width (16 runs at width 50);
 * curvature: ``k_lanczos / k_power ≤ 1/3``;
-* roofline: the width-800 step at ``≥ 0.70`` of the dense-matmul FLOP/s.
+* roofline: the width-800 step at ``≥ 0.70`` of the dense-matmul FLOP/s;
+* convolutions (CPU): igrlib's ResNet-18 step ``≤ 1.1×`` a Python loop of one jitted step.
 
 A section absent from the results contributes no target.
 """
@@ -68,6 +69,11 @@ def check(sections: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(target(f"roofline-w{r['settings']['width']}", "roofline",
                           f"width-{r['settings']['width']} igrlib step FLOP/s / matmul FLOP/s",
                           r["fraction_of_matmul"]["igrlib"], ">=", 0.70))
+    if "conv" in sections and "skipped" not in sections["conv"]:
+        c = sections["conv"]
+        out.append(target("conv-step-overhead", "conv",
+                          f"ResNet-18 x{c['settings']['width']:g} step: igrlib / Python loop of a jitted step",
+                          c["igrlib_over_python_loop"], "<=", 1.1))
     return out
 
 

@@ -203,6 +203,30 @@ def _lanczos(loss_fn, params, batches, key, num_iters):
     return ritz_values, s.T @ basis, residual_norms
 
 
+def _lanczos_on_host(loss_fn, params, batches, key, num_iters):
+    """:func:`_lanczos` with the iteration in Python: ``w = H q_j``, ``α_j = q_jᵀ w``, ``w`` made
+    orthogonal to the whole basis (twice, for stability), ``β_j = ‖w‖``, ``q_{j+1} = w/β_j``."""
+    flat = ravel_pytree(params)[0]
+    matvec = _flat_hvp(loss_fn, params, batches)
+    q = jax.random.normal(key, flat.shape, flat.dtype)
+    basis = [q / jnp.linalg.norm(q)]
+    alphas, betas = [], []
+    for j in range(num_iters):
+        w = matvec(basis[-1])
+        alphas.append(jnp.dot(basis[-1], w))
+        stacked = jnp.stack(basis)
+        for _ in range(2):
+            w = w - stacked.T @ (stacked @ w)
+        if j < num_iters - 1:
+            betas.append(jnp.linalg.norm(w))
+            basis.append(w / betas[-1])
+    off = jnp.asarray(betas, flat.dtype)
+    tridiagonal = jnp.diag(jnp.asarray(alphas)) + jnp.diag(off, 1) + jnp.diag(off, -1)
+    ritz_values, s = jnp.linalg.eigh(tridiagonal)
+    residual_norms = jnp.linalg.norm(w) * jnp.abs(s[-1, :])
+    return ritz_values, s.T @ jnp.stack(basis), residual_norms
+
+
 def top_eigenvalues(
     loss_fn: LossFn,
     params: Params,
@@ -211,6 +235,7 @@ def top_eigenvalues(
     k: int = 1,
     num_iters: int = 20,
     which: str = "largest",
+    on_host: bool = False,
 ) -> Eigenpairs:
     """Extreme eigenvalues of ``H = ∇²E(θ)`` by ``num_iters`` Lanczos steps with full
     reorthogonalisation, from a Gaussian starting vector drawn with ``key``.
@@ -221,13 +246,18 @@ def top_eigenvalues(
     ``which`` selects the ``k`` largest, the ``k`` smallest (for a non-convex net the most negative
     curvature), or both (``2k`` values). Returns :class:`Eigenpairs` with ``num_hvps = num_iters``.
     Memory: the basis holds ``num_iters × m`` numbers.
+
+    ``on_host=True`` runs the same iteration from Python, one jitted HVP per step, instead of as
+    one XLA loop (matfree): for convolutional networks on CPU, where a convolution inside an XLA
+    loop body runs several times slower (jax-ml/jax#12868).
     """
     check_choice(which, WHICH, "which")
     check_batches(batches)
     m = _num_params(params)
     _check_count(num_iters, "num_iters", 1, m)
     _check_count(k, "k", 1, num_iters // 2 if which == "both" else num_iters)
-    values, vectors, residuals = _lanczos(loss_fn, params, batches, key, num_iters)
+    lanczos = _lanczos_on_host if on_host else _lanczos
+    values, vectors, residuals = lanczos(loss_fn, params, batches, key, num_iters)
     index = {
         "largest": np.arange(num_iters - k, num_iters),
         "smallest": np.arange(k),
@@ -320,7 +350,11 @@ def _hutchinson(loss_fn, params, batches, key, num_samples, sample_batch):
     def sample(probe_key):
         return integrand(lambda v: hvp(loss_fn, params, batches, v), probe(probe_key))
 
-    return lax.map(sample, jax.random.split(key, num_samples), batch_size=sample_batch)
+    keys = jax.random.split(key, num_samples)
+    if sample_batch is not None and sample_batch >= num_samples:
+        # one vmapped batch, no loop around it (a loop slows convolutions on CPU, jax-ml/jax#12868)
+        return jax.vmap(sample)(keys)
+    return lax.map(sample, keys, batch_size=sample_batch)
 
 
 def hessian_trace(

@@ -119,7 +119,7 @@ def test_quick_run_writes_a_complete_json(tmp_path: Path) -> None:
     assert res["threads"]["torch"] == res["threads"]["jax"] == m["cores"]
 
     ids = [t["id"] for t in res["targets"]]
-    assert len(ids) == len(set(ids)) == 7
+    assert len(ids) == len(set(ids)) == 8
     for t in res["targets"]:
         assert isinstance(t["met"], bool)
         assert math.isfinite(t["value"]) and t["value"] > 0, t
@@ -134,6 +134,8 @@ def test_quick_run_writes_a_complete_json(tmp_path: Path) -> None:
     grid_row = s["grid"]["rows"][0]
     assert grid_row["speedup_vs_sequential"]["sequential"] == 1.0
     assert grid_row["runner_is"] in {"sequential", "vmap", "runner"}
+    assert set(s["conv"]["cases"]) == {"igrlib", "python_loop", "scan"}
+    assert s["conv"]["igrlib_over_python_loop"] > 0
     r = s["roofline"]
     assert r["step_gflop"] == roofline.mlp_step_flops(r["settings"]["width"], r["settings"]["batch_size"]) / 1e9
 

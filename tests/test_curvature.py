@@ -189,3 +189,24 @@ def test_context_rides_with_the_batches_without_recompiling(problem):
     assert curvature._lanczos._cache_size() == before + 1
     with pytest.raises(ConfigError, match="lead with n_batches"):
         curvature.check_batches((*batches, {"scale": jnp.ones(3)}))
+
+
+def test_lanczos_on_host_is_the_same_iteration(problem):
+    p, batches, exact = problem["params"], problem["batches"], problem["eigenvalues"]
+    key = jax.random.key(1)
+    device = curvature.top_eigenvalues(mlp_loss, p, batches, key, k=2, num_iters=40, which="both")
+    host = curvature.top_eigenvalues(mlp_loss, p, batches, key, k=2, num_iters=40, which="both",
+                                     on_host=True)
+    np.testing.assert_allclose(host.eigenvalues, device.eigenvalues, rtol=1e-9)
+    np.testing.assert_allclose(host.eigenvalues, np.concatenate([exact[:2], exact[-2:]]), rtol=1e-6)
+    np.testing.assert_allclose(host.residual_norms, device.residual_norms, rtol=1e-3, atol=1e-10)
+    short = curvature.top_eigenvalues(mlp_loss, p, batches, key, num_iters=6, on_host=True)
+    np.testing.assert_allclose(
+        short.largest, curvature.top_eigenvalues(mlp_loss, p, batches, key, num_iters=6).largest, rtol=1e-9)
+
+
+def test_hutchinson_probes_in_one_vmapped_batch_match_one_at_a_time(problem):
+    p, batches, key = problem["params"], problem["batches"], jax.random.key(3)
+    looped = curvature.hessian_trace(mlp_loss, p, batches, key, num_samples=5)
+    batched = curvature.hessian_trace(mlp_loss, p, batches, key, num_samples=5, sample_batch=5)
+    np.testing.assert_allclose(batched.samples, looped.samples, rtol=1e-10)
