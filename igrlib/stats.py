@@ -94,20 +94,26 @@ def verdict(corr: Correlation, expected_sign: int) -> str:
     return "partly" if expected_sign * corr.rho > 0 else "no evidence"
 
 
+#: Seeds needed before a bootstrap interval over seeds can support "reproduced".
+MIN_SEEDS = 3
+
+
 def finding(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, statistic: str) -> dict:
     """One row of a "What we found" table: ``claim``, ``statistic``, ``value`` (ρ with its
     interval) and ``verdict`` for the predicted ``sign`` of ρ(x, y) over ``frame``'s runs.
 
-    Fewer than 3 runs give "no evidence"; with a single seed there is no interval, so the verdict
-    says at most "partly"; a claim starting "(confound)" is not a prediction, and its verdict says
-    whether the confound is present.
+    Fewer than 3 runs give "no evidence". "reproduced" needs at least :data:`MIN_SEEDS` seeds:
+    with one seed there is no interval, and a bootstrap over two seeds has only three distinct
+    replicates (each seed alone, and both), so with fewer the verdict says at most "partly". A
+    claim starting "(confound)" is not a prediction, and its verdict says whether the confound is
+    present.
     """
     if len(frame) < 3:
         return dict(claim=claim, statistic=statistic, value=f"n={len(frame)} runs: too few",
                     verdict="no evidence")
     corr = spearman_ci(frame, x, y)
     found = verdict(corr, sign)
-    if "seed" in frame and frame["seed"].nunique() < 2 and found == "reproduced":
+    if "seed" in frame and frame["seed"].nunique() < MIN_SEEDS and found == "reproduced":
         found = "partly"
     if claim.startswith("(confound)"):
         found = "confound present" if found == "reproduced" else "confound not detected"

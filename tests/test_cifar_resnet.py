@@ -116,10 +116,10 @@ def test_grid_rejects_bad_values(overrides, match):
 
 
 def test_findings_follow_the_data():
-    """Synthetic records: R_IG falls and accuracy rises with h + 4μ; two seeds."""
+    """Synthetic records: R_IG falls and accuracy rises with h + 4μ; three seeds."""
     rows = []
     m = 44_622
-    for seed in (0, 1):
+    for seed in (0, 1, 2):
         for h, mu in [(0.01, 0.0), (0.05, 0.0), (0.2, 0.0), (0.01, 0.01), (0.01, 0.05)]:
             h_eq = h + 4 * mu
             rows.append(dict(id=f"{seed}{h}{mu}", status="ok", learning_rate=h, mu=mu, seed=seed,

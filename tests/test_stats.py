@@ -49,3 +49,13 @@ def test_single_seed_interval_collapses_and_bad_column_raises():
     assert corr.low == corr.rho == corr.high
     with pytest.raises(ConfigError, match="no column"):
         stats.spearman_ci(frame, "x", "nope")
+
+
+@pytest.mark.parametrize("seeds,expected", [(1, "partly"), (2, "partly"), (3, "reproduced")])
+def test_reproduced_needs_three_seeds(seeds, expected):
+    """A perfect monotone trend in every seed: with fewer than three seeds the bootstrap has too
+    few distinct replicates to call it reproduced."""
+    frame = pd.DataFrame([{"x": float(i), "y": float(i) + 0.1 * s, "seed": s}
+                          for s in range(seeds) for i in range(4)])
+    assert stats.finding("claim", frame, "x", "y", +1, "ρ(x, y)")["verdict"] == expected
+    assert stats.finding("claim", frame, "x", "y", -1, "ρ(x, y)")["verdict"] == "not reproduced"
