@@ -89,7 +89,9 @@ def _check_inputs(fig_id: str, profile: str, caption: str, dataset: str | None) 
 def _stamp(fig: Figure, text: str) -> None:
     for old in [t for t in fig.texts if t.get_gid() == LABEL_GID]:
         old.remove()
-    fig.text(0.995, 0.005, text, ha="right", va="bottom", fontsize=7, color="0.35",
+    # just below the figure, where no axis label can sit; the tight bounding box of every save
+    # (and of the notebooks' inline images) grows to include it
+    fig.text(0.995, -0.005, text, ha="right", va="top", fontsize=7, color="0.35",
              gid=LABEL_GID)
 
 
