@@ -40,6 +40,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from matfree import decomp, stochtrace
 
+from igrlib import loops
 from igrlib.config import ConfigError, check_choice, check_positive
 
 Params = Any
@@ -111,16 +112,12 @@ def batch_mean(fn: Callable[[Batch], Any], batches: Batch) -> Any:
     one batch's intermediates are alive at a time."""
     n_batches = check_batches(batches)
     first = jax.tree.map(lambda a: a[0], batches)
-    if n_batches == 1:
-        # no loop: XLA on CPU runs a convolution inside a loop body several times slower
-        # (jax-ml/jax#12868), even a loop of one iteration
-        return fn(first)
     zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(fn, first))
 
     def step(total, batch):
         return jax.tree.map(jnp.add, total, fn(batch)), None
 
-    total, _ = lax.scan(step, zeros, batches)
+    total, _ = loops.scan(step, zeros, batches)
     return jax.tree.map(lambda t: t / n_batches, total)
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import optax
 from tqdm import tqdm  # plain text bar: tqdm.auto warns in kernels without ipywidgets
 
-from igrlib import losses, models
+from igrlib import loops, losses, models
 from igrlib.config import ConfigError, check_choice, check_keys, check_positive
 from igrlib.data import DATASETS, Dataset
 
@@ -236,7 +236,7 @@ def split_eval_fn(model: models.Model):
             hit = (jnp.argmax(logits, -1) == yb).astype(jnp.float32)
             return (acc[0] + jnp.sum(nll * wb), acc[1] + jnp.sum(hit * wb)), None
 
-        (loss_sum, hit_sum), _ = _scan_or_call(body, (0.0, 0.0), (data.x, data.y, data.w))
+        (loss_sum, hit_sum), _ = loops.scan(body, (0.0, 0.0), (data.x, data.y, data.w))
         return loss_sum / data.n, hit_sum / data.n
 
     return evaluate
@@ -257,20 +257,10 @@ def full_batch_grad_fn(model: models.Model):
             return (acc[0] + v, jax.tree_util.tree_map(jnp.add, acc[1], g)), None
 
         zero = (0.0, jax.tree_util.tree_map(jnp.zeros_like, params))
-        (value, grad), _ = _scan_or_call(body, zero, (data.x, data.y, data.w))
+        (value, grad), _ = loops.scan(body, zero, (data.x, data.y, data.w))
         return value, grad
 
     return value_and_grad
-
-
-def _scan_or_call(body, init, xs):
-    """``lax.scan(body, init, xs)``, or one plain call of ``body`` when ``xs`` has one row: XLA on
-    CPU runs a convolution inside a loop body several times slower (jax-ml/jax#12868), even in a
-    loop of one iteration."""
-    if jax.tree_util.tree_leaves(xs)[0].shape[0] == 1:
-        carry, out = body(init, jax.tree_util.tree_map(lambda a: a[0], xs))
-        return carry, jax.tree_util.tree_map(lambda a: a[None], out)
-    return jax.lax.scan(body, init, xs)
 
 
 # --------------------------------------------------------------------------------------------
