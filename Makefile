@@ -49,7 +49,7 @@ $(ENV_STAMP): pyproject.toml requirements.lock
 
 # Idempotent: files already present and verified are kept. Copies from $IGR_DATA_MIRROR when set.
 data: $(ENV_STAMP)
-	$(PY) -m igrlib.data fetch
+	$(PY) -m igrlib.io.data fetch
 
 mathjax: $(MATHJAX)
 

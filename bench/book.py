@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from igrlib import paths
+from igrlib.io import paths
 
 PROFILES = ("smoke", "cpu")
 

@@ -3,7 +3,7 @@ and in a Python loop of one jitted step.
 
 XLA on CPU runs a convolution inside a loop body several times slower than outside one
 (jax-ml/jax#12868), so igrlib trains convolutional networks on CPU from a Python loop over one
-jitted step (:func:`igrlib.train._build_program`). This section measures that choice: seconds
+jitted step (:func:`igrlib.training.train._build_program`). This section measures that choice: seconds
 per SGD step of the CIFAR ResNet-18 (width multiplier ``width``) on mini-batches of random
 CIFAR-shaped data, for
 
@@ -24,7 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import timing
-from igrlib import models, train
+from igrlib.maths import models
+from igrlib.training import train
 
 
 def _data(n: int) -> tuple[jax.Array, jax.Array]:

@@ -30,7 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from igrlib import data, losses, train
+from igrlib.io import data
+from igrlib.maths import losses
+from igrlib.training import train
 
 BATCH = 512
 MU = 0.01

@@ -1,7 +1,7 @@
 """Section 4: Hessian-vector products to reach the top Hessian eigenvalue, Lanczos vs power iteration.
 
 Setting: a width-``width`` MLP trained briefly by igrlib on an MNIST subset, ``H = ∇²E`` of the
-mean cross-entropy over the whole subset (:mod:`igrlib.curvature`, one HVP = one pass of
+mean cross-entropy over the whole subset (:mod:`igrlib.maths.curvature`, one HVP = one pass of
 forward-over-reverse over every batch).
 
 * Reference ``λ_ref``: the top Ritz value after ``ref_iters`` Lanczos steps; its residual
@@ -14,9 +14,9 @@ forward-over-reverse over every batch).
 
 ``k_method`` is the first product count whose relative error is ≤ ``rtol``. Also reported: where
 PyHessian's stopping rule (relative change of ``λ_k`` between two products ≤ ``rtol``, the rule
-of :func:`~igrlib.curvature.power_iteration`) would stop, and the true error there (None if it
+of :func:`~igrlib.maths.curvature.power_iteration`) would stop, and the true error there (None if it
 would not stop before the error reaches ``rtol``). igrlib's own
-:func:`~igrlib.curvature.top_eigenvalues` and :func:`~igrlib.curvature.power_iteration` are then
+:func:`~igrlib.maths.curvature.top_eigenvalues` and :func:`~igrlib.maths.curvature.power_iteration` are then
 run (Lanczos with ``k_lanczos`` steps, power iteration with its first ``check_iters`` products)
 and their values compared with the curves. Wall time to ``rtol``
 is ``k × t_hvp`` with ``t_hvp`` the median time of one product (both methods spend nearly all
@@ -35,9 +35,9 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from matfree import decomp
 
-from igrlib import curvature, losses
-from igrlib import data as data_mod
-from igrlib.train import TrainConfig, train
+from igrlib.maths import curvature, losses
+from igrlib.io import data as data_mod
+from igrlib.training.train import TrainConfig, train
 
 
 def first_below(errors: np.ndarray, rtol: float) -> int | None:
@@ -64,7 +64,7 @@ def run(width: int, n_train: int, hvp_batch: int, train_epochs: int, learning_ra
         ref_iters: int, power_max: int, rtol: float = 1e-3, seed: int = 0, batch_size: int = 512,
         n_test: int = 1000, eval_every: int | None = None, check_iters: int = 10) -> dict[str, Any]:
     """The whole section; see the module docstring. The network is trained by
-    :func:`igrlib.train.train` for ``train_epochs`` epochs (evaluated every ``eval_every``,
+    :func:`igrlib.training.train.train` for ``train_epochs`` epochs (evaluated every ``eval_every``,
     default only at the end, on ``n_test`` test examples). igrlib's power iteration is checked
     against the curve over its first ``check_iters`` products."""
     data, loss_fn, params, train_acc = _trained(width, n_train, n_test, train_epochs,
@@ -107,7 +107,7 @@ def run(width: int, n_train: int, hvp_batch: int, train_epochs: int, learning_ra
             break
     power_err = np.abs(np.asarray(power_curve) - lam_ref) / abs(lam_ref)
     k_lanczos, k_power = first_below(lanczos_err, rtol), first_below(power_err, rtol)
-    # PyHessian's stopping rule, |λ_k − λ_{k−1}| ≤ rtol·|λ_k|, as igrlib.curvature.power_iteration
+    # PyHessian's stopping rule, |λ_k − λ_{k−1}| ≤ rtol·|λ_k|, as igrlib.maths.curvature.power_iteration
     changes = np.abs(np.diff(power_curve)) / np.abs(np.asarray(power_curve[1:]))
     stop = first_below(changes, rtol)
     t_hvp = float(np.median(hvp_s))

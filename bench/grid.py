@@ -1,6 +1,6 @@
 """Section 3: a learning-rate × seed grid as one vmapped program vs the same runs one at a time.
 
-Each run is a real :func:`igrlib.train.train_group` run on an MNIST subset (training, periodic
+Each run is a real :func:`igrlib.training.train.train_group` run on an MNIST subset (training, periodic
 evaluation on both splits, status bookkeeping). Per width, timed interleaved, one call training
 the whole grid:
 
@@ -19,9 +19,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bench import timing
-from igrlib import data as data_mod
+from igrlib.io import data as data_mod
 from igrlib.experiments import common
-from igrlib.train import TrainConfig, train_group
+from igrlib.training.train import TrainConfig, train_group
 
 
 def grid(width: int, learning_rates: Sequence[float], seeds: int, **train: Any) -> list[TrainConfig]:

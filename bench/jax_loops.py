@@ -17,8 +17,8 @@ import numpy as np
 import optax
 
 from bench.timing import Case
-from igrlib import losses
-from igrlib.train import TrainConfig, _build_program
+from igrlib.maths import losses
+from igrlib.training.train import TrainConfig, _build_program
 
 NUM_CLASSES = 10
 
@@ -43,7 +43,7 @@ def igrlib_config(width: int, n_train: int, *, depth: int = 5, batch_size: int =
 def igrlib_loop(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, runs: int = 1,
                 name: str = "igrlib", init_from: TrainConfig | None = None) -> Case:
     """igrlib's training program for ``runs`` copies of ``cfg`` (differing in seed): one call is
-    one jitted ``advance`` over an epoch, exactly what :func:`igrlib.train.train_group` calls
+    one jitted ``advance`` over an epoch, exactly what :func:`igrlib.training.train.train_group` calls
     between evaluations.
 
     ``init_from``: a config of the same model and optimiser whose program initialises the runs

@@ -7,7 +7,7 @@ import re
 from importlib import metadata
 from typing import Any
 
-from igrlib import results
+from igrlib.io import results
 
 #: Versions recorded besides those of igrlib's provenance (jax, jaxlib, haiku, optax, ...).
 EXTRA_PACKAGES = ("torch",)

@@ -2,7 +2,7 @@
 
 The step minimises ``E + μ‖∇E‖²`` (EGR; IGR's modified loss is the case ``μ = h/4``), whose
 gradient is ``∇E + 2μ·H∇E``. Per width, timed interleaved: igrlib's plain SGD step, igrlib's
-penalised step with each :data:`igrlib.losses.PENALTY_METHODS`, and PyTorch's plain and
+penalised step with each :data:`igrlib.maths.losses.PENALTY_METHODS`, and PyTorch's plain and
 double-backprop steps. Reported: each penalised/plain time ratio, and
 ``t_igrlib,hvp / t_torch,double-backprop`` (target ≤ 1).
 
@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from bench import jax_loops, timing, torch_loop
-from igrlib import losses, models
-from igrlib.train import make_loss_fn
+from igrlib.maths import losses, models
+from igrlib.training.train import make_loss_fn
 
 METHODS = losses.PENALTY_METHODS
 

@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import book, conv, eigen, grid, machine, penalty, roofline, step, targets, torch_loop  # noqa: E402
-from igrlib import paths, results  # noqa: E402
+from igrlib.io import paths, results  # noqa: E402
 
 SECTIONS = ("step", "penalty", "roofline", "grid", "eigen", "conv", "book")
 RESULTS = paths.PROJECT_ROOT / "bench" / "results"

@@ -1,7 +1,7 @@
 """Plots of sweep results shared by the network chapters (MNIST, EGR, CIFAR-10).
 
 Each function takes the tidy frame of an experiment (``experiments.*.tidy``) and returns a
-matplotlib Figure; chapters add captions and save them with :func:`igrlib.figures.save`. Runs
+matplotlib Figure; chapters add captions and save them with :func:`igrlib.io.figures.save`. Runs
 that were not kept (diverged, collapsed, below the training-accuracy threshold) are drawn as
 grey crosses where they have a value and counted in the legend, never dropped silently.
 """

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from igrlib.results import Store, run_id
+from igrlib.io.results import Store, run_id
 
 
 @dataclass

@@ -15,8 +15,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from igrlib import data, sweep, train
-from igrlib.results import Store
+from igrlib.io import data
+from igrlib import sweep
+from igrlib.training import train
+from igrlib.io.results import Store
 
 NAME = "tiny"
 PROFILE = "smoke"

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igrlib import bea
+from igrlib.maths import bea
 from igrlib.config import ConfigError
 from igrlib.experiments.two_param import loss_fn
-from igrlib.losses import modified_loss
+from igrlib.maths.losses import modified_loss
 
 T_ORDERS = 0.1
 STEPS = np.array([50, 80, 125, 200, 320, 500])
@@ -91,7 +91,7 @@ def test_modified_fields_against_dense_derivatives():
         library = map(np.asarray, _library_fields(theta, h))
         lib_f, lib_first, lib_loss, lib_f2, lib_f2_form, lib_second = library
     np.testing.assert_allclose(lib_f, f, rtol=1e-14)
-    # −∇[E + (h/4)‖∇E‖²] = −(I + (h/2)H)∇E, from the field and from igrlib.losses.modified_loss
+    # −∇[E + (h/4)‖∇E‖²] = −(I + (h/2)H)∇E, from the field and from igrlib.maths.losses.modified_loss
     np.testing.assert_allclose(lib_first, f_first, rtol=1e-12)
     np.testing.assert_allclose(lib_loss, f_first, rtol=1e-12)
     # f₂ = −∇[(1/12) gᵀHg] − (1/6) H²g, both as nested jvps and in gradient form

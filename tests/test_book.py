@@ -27,7 +27,7 @@ from bs4 import BeautifulSoup
 from conftest import ARTIFACTS, ROOT, TOC
 from sphinx.errors import ConfigError as SphinxConfigError
 
-from igrlib import figures
+from igrlib.io import figures
 
 sys.path.insert(0, str(ROOT / "book" / "_ext"))
 import igr_book  # noqa: E402  (the book's Sphinx extension)

@@ -9,7 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from igrlib import data, egr, losses, models, train
+from igrlib.io import data
+from igrlib.training import egr, train
+from igrlib.maths import losses, models
 from igrlib.config import ConfigError
 from igrlib.experiments import cifar_resnet
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from igrlib import curvature
+from igrlib.maths import curvature
 from igrlib.config import ConfigError
 
 N_EXAMPLES, BATCH_SIZE = 32, 8  # 4 batches

@@ -1,4 +1,4 @@
-"""Tests of igrlib.data: MNIST from the real files, CIFAR-10 parsers on synthetic files, fetch.
+"""Tests of igrlib.io.data: MNIST from the real files, CIFAR-10 parsers on synthetic files, fetch.
 
 Real data come from ``$IGR_DATA_DIR`` (filled by ``make data``) or ``$IGR_DATA_MIRROR``; tests
 that need them skip, saying so, when neither has them.
@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from igrlib import data, paths
+from igrlib.io import data, paths
 from igrlib.config import ConfigError
 
 MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]

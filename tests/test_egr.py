@@ -14,7 +14,8 @@ import pandas as pd
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from igrlib import egr, losses, models
+from igrlib.training import egr
+from igrlib.maths import losses, models
 from igrlib.config import ConfigError
 from igrlib.experiments import egr_mlp
 

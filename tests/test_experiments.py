@@ -4,12 +4,13 @@ import jax
 import numpy as np
 import pytest
 
-from igrlib import data, sweep
+from igrlib.io import data
+from igrlib import sweep
 from igrlib.config import ConfigError
 from igrlib.experiments import common, mnist_mlp
-from igrlib.measure import MeasureConfig, measure
-from igrlib.results import Store
-from igrlib.train import TrainConfig, split, split_eval_fn, train
+from igrlib.measurement.measure import MeasureConfig, measure
+from igrlib.io.results import Store
+from igrlib.training.train import TrainConfig, split, split_eval_fn, train
 
 
 def test_profiles_give_valid_grids_and_paper_is_the_papers_grid():

@@ -1,4 +1,4 @@
-"""igrlib.figures: three files per figure, a profile label on it, an index entry, clean failures."""
+"""igrlib.io.figures: three files per figure, a profile label on it, an index entry, clean failures."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from igrlib import figures
+from igrlib.io import figures
 from igrlib.config import ConfigError
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from igrlib import losses, models
+from igrlib.maths import losses, models
 from igrlib.config import ConfigError
 
 N_EXAMPLES, N_IN, N_HIDDEN, N_OUT = 16, 3, 5, 4  # 3*5 + 5 + 5*4 + 4 = 44 parameters

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igrlib import losses, models, train
+from igrlib.maths import losses, models
+from igrlib.training import train
 from igrlib.config import ConfigError
 
 RESNET18_PARAMS = 11_173_962  # He et al.'s CIFAR ResNet-18 with a 10-class read-out

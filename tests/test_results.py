@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igrlib import results
+from igrlib.io import results
 from igrlib.config import ConfigError
 
 CONFIG = {"learning_rate": 0.1, "width": 50, "seed": 0, "model": "mlp", "thresholds": [1.0, 0.99]}

@@ -1,4 +1,4 @@
-"""Noise robustness, loss slope (igrlib.robustness) and landscape slices (igrlib.landscape)."""
+"""Noise robustness, loss slope (igrlib.maths.robustness) and landscape slices (igrlib.maths.landscape)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from scipy.special import gammaln
 
-from igrlib import landscape, robustness
+from igrlib.maths import landscape, robustness
 from igrlib.config import ConfigError
 
 RNG = np.random.default_rng(0)

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from igrlib import stats
+from igrlib.maths import stats
 from igrlib.config import ConfigError
 
 

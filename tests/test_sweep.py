@@ -18,7 +18,7 @@ import pytest
 
 import _sweep_worker as worker
 from igrlib import sweep
-from igrlib.results import Store, run_id
+from igrlib.io.results import Store, run_id
 
 WORKER = Path(worker.__file__).resolve()
 ROOT = WORKER.parents[1]

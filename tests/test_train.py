@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from igrlib import data, losses, train
+from igrlib.io import data
+from igrlib.maths import losses
+from igrlib.training import train
 from igrlib.config import ConfigError
 
 #: The shared small program: a 2-hidden-layer MLP of width 64, batches of 100, 20 epochs (both

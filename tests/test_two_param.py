@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from igrlib import bea
+from igrlib.maths import bea
 from igrlib.config import ConfigError
 from igrlib.experiments import two_param as tp
-from igrlib.losses import igr_lambda, modified_loss, r_ig
+from igrlib.maths.losses import igr_lambda, modified_loss, r_ig
 
 X, Y = 1.0, 0.6
 POINTS = [(2.8, 3.5), (0.3, -1.7), (1.0, 0.7), (-0.5, 2.2)]

@@ -42,7 +42,7 @@ from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.osutil import relative_uri
 
-from igrlib import figures, paths
+from igrlib.io import figures, paths
 from igrlib.config import ConfigError, resolve_profile
 
 LOGGER = logging.getLogger(__name__)

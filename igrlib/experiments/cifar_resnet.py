@@ -1,6 +1,6 @@
 """ResNet-18 on CIFAR-10: implicit and explicit gradient regularization (PAPER.md §6).
 
-Protocol: the CIFAR ResNet-18 of :func:`igrlib.models.resnet18` (3x3 stem, no max-pool, batch
+Protocol: the CIFAR ResNet-18 of :func:`igrlib.maths.models.resnet18` (3x3 stem, no max-pool, batch
 norm; ``width_multiplier`` scales every stage's channels), cross-entropy, plain SGD with batch
 512 over the learning rates {0.005, 0.01, 0.05, 0.1, 0.2} (PAPER.md §6), no data augmentation
 and no weight decay (the paper gives neither: our choice). Two arms:
@@ -8,8 +8,8 @@ and no weight decay (the paper gives neither: our choice). Two arms:
 * **plain**: every learning rate, no penalty; IGR predicts R_IG down and test accuracy up with h;
 * **EGR**: the smallest learning rates with the penalty ``μ‖∇E‖²`` over a μ grid; step-h SGD on
   ``E + μ‖∇E‖²`` regularizes like plain SGD at ``h + 4μ`` (``λ_equiv = (h + 4μ)·m/4``, see
-  :mod:`igrlib.egr`). Batch-norm running statistics come from the single forward pass of each
-  step (:func:`igrlib.losses.penalized_value_and_grad`).
+  :mod:`igrlib.training.egr`). Batch-norm running statistics come from the single forward pass of each
+  step (:func:`igrlib.maths.losses.penalized_value_and_grad`).
 
 Each run is reported at its evaluation of maximal test accuracy among those at or above the
 first training-accuracy threshold, and measured there (R_IG over the training split, λ_max,
@@ -32,11 +32,13 @@ import jax
 import jax.numpy as jnp
 import pandas as pd
 
-from igrlib import data, egr, models, stats
+from igrlib.io import data
+from igrlib.training import egr
+from igrlib.maths import models, stats
 from igrlib.config import ConfigError, check_keys, resolve_profile
 from igrlib.experiments import common, egr_mlp, mnist_mlp
-from igrlib.measure import MeasureConfig
-from igrlib.train import TrainConfig, make_loss_fn
+from igrlib.measurement.measure import MeasureConfig
+from igrlib.training.train import TrainConfig, make_loss_fn
 
 NAME = "cifar_resnet"
 PAPER_LEARNING_RATES = (0.005, 0.01, 0.05, 0.1, 0.2)

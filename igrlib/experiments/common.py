@@ -15,13 +15,13 @@ from typing import Any
 
 import jax
 
-from igrlib import data as data_mod
-from igrlib import losses
+from igrlib.io import data as data_mod
+from igrlib.maths import losses
 from igrlib.config import ConfigError
-from igrlib.measure import MeasureConfig, measure
-from igrlib.results import canonical
+from igrlib.measurement.measure import MeasureConfig, measure
+from igrlib.io.results import canonical
 from igrlib.sweep import Outcome
-from igrlib.train import RunResult, TrainConfig, train_group
+from igrlib.training.train import RunResult, TrainConfig, train_group
 
 
 def make_grid(base: Mapping[str, Any], axes: Mapping[str, Sequence[Any]],

@@ -8,7 +8,7 @@ threshold and the checkpoint of maximal test accuracy):
   includes μ = 0 (a plain run, ``regularizer="none"``);
 * **plain**: larger learning rates and no penalty, so EGR runs and plain runs can share one λ
   axis: step-h SGD on ``E + μ‖∇E‖²`` implicitly regularizes with ``λ_equiv = (h + 4μ)·m/4``
-  (:func:`igrlib.egr.lambda_equiv`), plain runs with ``λ = h·m/4``.
+  (:func:`igrlib.training.egr.lambda_equiv`), plain runs with ``λ = h·m/4``.
 
 The penalty is written ``μ‖∇E‖²`` (the book's form); in R_IG units it is ``μ'·R_IG`` with
 ``μ' = μ·m``. Measurements (R_IG, slope, top eigenvalue, ...) are of the unpenalised loss E.
@@ -31,13 +31,15 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from igrlib import data, egr, losses, models, stats
+from igrlib.io import data
+from igrlib.training import egr
+from igrlib.maths import losses, models, stats
 from igrlib.config import ConfigError, check_choice, check_keys, resolve_profile
 from igrlib.experiments import common, mnist_mlp
-from igrlib.measure import MeasureConfig
-from igrlib.results import run_id
+from igrlib.measurement.measure import MeasureConfig
+from igrlib.io.results import run_id
 from igrlib.sweep import Outcome
-from igrlib.train import TrainConfig, make_loss_fn
+from igrlib.training.train import TrainConfig, make_loss_fn
 
 NAME = "egr_mlp"
 
@@ -207,7 +209,7 @@ class StepCostExperiment:
 
     A config is ``{"width": ..., "batch": ..., "mu": ..., "methods": [...], "repeats": ...}``
     (``width`` is the MLP width or the ResNet width multiplier, as ``time_fn`` reads it);
-    ``time_fn(config)`` returns :func:`igrlib.egr.step_cost`'s ``{name: seconds}``. Stored like
+    ``time_fn(config)`` returns :func:`igrlib.training.egr.step_cost`'s ``{name: seconds}``. Stored like
     any run (with the machine in its provenance), a timing is made once per profile and read back
     when a chapter re-executes.
     """

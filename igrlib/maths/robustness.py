@@ -5,7 +5,7 @@ parameters are perturbed, ``θ + δ`` with ``δ ~ N(0, σ² I)``. Prediction 2.2
 loss surface is shallower. The paper leaves the σ grid and the exact slope definition open; this
 module measures both with stated formulas (see :func:`gaussian_perturbation`, :func:`loss_slope`).
 
-Conventions as in :mod:`igrlib.curvature`: ``loss_fn(params, batch)``, ``batches = (xb, yb)``
+Conventions as in :mod:`igrlib.maths.curvature`: ``loss_fn(params, batch)``, ``batches = (xb, yb)``
 with a leading batch-index axis, explicit ``jax.random`` keys.
 """
 
@@ -22,7 +22,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from igrlib.config import ConfigError, check_choice, check_positive
-from igrlib.curvature import Batch, LossFn, Params, batch_mean, check_batches, full_loss
+from igrlib.maths.curvature import Batch, LossFn, Params, batch_mean, check_batches, full_loss
 
 NOISE_MODES: tuple[str, ...] = ("absolute", "relative")
 

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from igrlib import paths
+from igrlib.io import paths
 from igrlib.config import ConfigError, resolve_profile
 
 STATUSES = ("ok", "diverged", "collapsed", "failed")

@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from igrlib import curvature, landscape, losses, robustness
+from igrlib.maths import curvature, landscape, losses, robustness
 from igrlib.config import ConfigError, check_choice, check_positive
-from igrlib.data import Dataset
-from igrlib.models import Model, num_params
-from igrlib.train import full_batch_grad_fn, split, split_eval_fn
+from igrlib.io.data import Dataset
+from igrlib.maths.models import Model, num_params
+from igrlib.training.train import full_batch_grad_fn, split, split_eval_fn
 
 
 @dataclass(frozen=True)

@@ -5,18 +5,18 @@ EGR trains on the penalised loss
     E_μ(θ) = E(θ) + μ‖∇E(θ)‖²,      ∇E_μ = ∇E + 2μ·H∇E      (H = ∇²E),
 
 which costs one Hessian-gradient product ``H∇E`` per step on top of the gradient; the product is
-formed by one of :data:`igrlib.losses.PENALTY_METHODS` (``"hvp"`` forward-over-reverse,
+formed by one of :data:`igrlib.maths.losses.PENALTY_METHODS` (``"hvp"`` forward-over-reverse,
 ``"double_backprop"`` reverse-over-reverse, both exact; ``"finite_difference"``, one extra
 gradient at a look-ahead point, error O(ε)).
 
 Form and units. The book writes EGR as ``μ‖∇E‖²`` everywhere (μ in parameter units per
 loss-gradient unit, like a learning rate). In the paper's units ``R_IG = ‖∇E‖²/m`` the same penalty
 is ``μ'·R_IG`` with ``μ' = μ·m``. Gradient descent at learning rate h implicitly adds
-``(h/4)‖∇E‖²`` (:func:`igrlib.losses.modified_loss`), so EGR at μ is the IGR of a learning rate
+``(h/4)‖∇E‖²`` (:func:`igrlib.maths.losses.modified_loss`), so EGR at μ is the IGR of a learning rate
 ``4μ``, and EGR at μ trained with step h has, to first order in h and μ, the total coefficient
 ``h/4 + μ``: the regularization rate ``λ_equiv = (h + 4μ)·m/4`` (:func:`lambda_equiv`).
 
-Two entry points, one computation (:func:`igrlib.losses.penalized_value_and_grad`):
+Two entry points, one computation (:func:`igrlib.maths.losses.penalized_value_and_grad`):
 
 * :func:`egr_value_and_grad` is a drop-in replacement for ``jax.value_and_grad``. It is the
   default we recommend: the penalty is a property of the loss, so the wrapper sits where the loss
@@ -56,7 +56,7 @@ from typing import Any
 import jax
 import optax
 
-from igrlib import losses
+from igrlib.maths import losses
 from igrlib.config import ConfigError, check_choice
 
 Params = Any

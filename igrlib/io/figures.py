@@ -1,7 +1,7 @@
 """Figure style and export for talks: stable files, a visible profile label, an index.
 
 :func:`save` writes ``<figures_dir>/<id>.pdf``, ``.svg`` and a 300-dpi ``.png`` (see
-:func:`igrlib.paths.figures_dir`, moved by ``IGR_FIGURES_DIR``) and records the figure's caption,
+:func:`igrlib.io.paths.figures_dir`, moved by ``IGR_FIGURES_DIR``) and records the figure's caption,
 profile, data set and provenance in ``<figures_dir>/index.json``, which the book's gallery page
 renders. The book's own image copies are content-hashed by myst-nb, so only these paths are
 stable to cite.
@@ -27,7 +27,7 @@ import matplotlib as mpl
 from matplotlib.figure import Figure
 
 import igrlib
-from igrlib import paths, results
+from igrlib.io import paths, results
 from igrlib.config import PROFILES, ConfigError, check_choice
 
 FORMATS: tuple[str, ...] = ("pdf", "svg", "png")

@@ -7,7 +7,7 @@ output unit, which in Haiku is the LAST axis of a weight tensor (``Linear`` ``w`
 ``(in, out)``, ``Conv2D`` ``w`` is ``(h, w, in, out)``). The module itself is model-agnostic:
 it only assumes that layout.
 
-Conventions as in :mod:`igrlib.curvature`: ``loss_fn(params, batch)``, ``batches = (xb, yb)``
+Conventions as in :mod:`igrlib.maths.curvature`: ``loss_fn(params, batch)``, ``batches = (xb, yb)``
 with a leading batch-index axis, explicit ``jax.random`` keys.
 """
 
@@ -23,7 +23,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from igrlib.config import ConfigError, check_choice
-from igrlib.curvature import Batch, LossFn, Params, check_batches, full_loss
+from igrlib.maths.curvature import Batch, LossFn, Params, check_batches, full_loss
 
 #: Treatment of tensors with at most one axis (biases, normalisation scales and offsets).
 BIAS_MODES: tuple[str, ...] = ("zero", "tensor")

@@ -32,5 +32,5 @@ def results_dir() -> Path:
 
 
 def figures_dir() -> Path:
-    """Where :func:`igrlib.figures.save` writes: ``$IGR_FIGURES_DIR``, else ``<project>/figures``."""
+    """Where :func:`igrlib.io.figures.save` writes: ``$IGR_FIGURES_DIR``, else ``<project>/figures``."""
     return _from_env("IGR_FIGURES_DIR", PROJECT_ROOT / "figures")

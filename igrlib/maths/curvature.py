@@ -6,7 +6,7 @@ equal-size batches (so ``E`` is the mean loss over every example kept), ``θ ∈
 forward-over-reverse (``jax.jvp`` of ``jax.grad``) one batch at a time, so the memory is that of
 one batch whatever the data set size.
 
-Calling convention shared with :mod:`igrlib.robustness` and :mod:`igrlib.landscape`:
+Calling convention shared with :mod:`igrlib.maths.robustness` and :mod:`igrlib.maths.landscape`:
 
 * ``loss_fn(params, batch) -> scalar``: the mean loss over one batch ``(x, y)``; a jittable pure
   function of a parameter pytree;
@@ -40,7 +40,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 from matfree import decomp, stochtrace
 
-from igrlib import loops
+from igrlib.maths import loops
 from igrlib.config import ConfigError, check_choice, check_positive
 
 Params = Any

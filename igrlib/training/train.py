@@ -35,9 +35,9 @@ import numpy as np
 import optax
 from tqdm import tqdm  # plain text bar: tqdm.auto warns in kernels without ipywidgets
 
-from igrlib import loops, losses, models
+from igrlib.maths import loops, losses, models
 from igrlib.config import ConfigError, check_choice, check_keys, check_positive
-from igrlib.data import DATASETS, Dataset
+from igrlib.io.data import DATASETS, Dataset
 
 OPTIMIZERS = ("sgd", "gd")
 REGULARIZERS = ("none", "egr")

@@ -1,0 +1,1 @@
+"""Input and output: data sets, the results store, figure export and paths."""

@@ -1,0 +1,1 @@
+"""Measurements of a trained network at its selected checkpoint."""

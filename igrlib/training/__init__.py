@@ -1,0 +1,1 @@
+"""Training: update rules, the training program, probes along the trajectory and monitors."""
