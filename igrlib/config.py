@@ -10,6 +10,7 @@ A *profile* sets the scale of a chapter's computation:
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -56,3 +57,35 @@ def check_choice(value: Any, choices: Iterable[Any], name: str) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+#: Axes whose scalar value is a count: ``seed=3`` means seeds 0, 1, 2.
+COUNTED_AXES: tuple[str, ...] = ("seed", "seeds")
+
+
+def axis_values(name: str, value: Any) -> tuple[Any, ...]:
+    """The values of grid axis ``name``, given as a list or as one scalar.
+
+    A list, tuple or other non-string iterable is the values themselves, in order (at least
+    one). A scalar on a seed axis (:data:`COUNTED_AXES`) is a count: an integer ``n >= 1`` means
+    seeds ``(0, 1, ..., n-1)``, what ``-p seeds 3`` on a command line says. A scalar on any other
+    axis is its one value (``-p widths 200`` is the single width 200). A bool, a string, a
+    mapping, an empty list or a seed count below 1 raises :class:`ConfigError` naming the axis,
+    before any compute; the values themselves are checked by the grid that uses them.
+    """
+    wrong = f"{name}: give a list of values or one value, got {value!r}"
+    if isinstance(value, (bool, str, bytes, Mapping)):
+        raise ConfigError(wrong)
+    if isinstance(value, Iterable):
+        values = tuple(value)
+        if not values:
+            raise ConfigError(f"{name}: the list of values is empty; give at least one")
+        return values
+    if name in COUNTED_AXES:
+        if not isinstance(value, numbers.Integral) or value < 1:
+            raise ConfigError(f"{name}: a count of seeds must be an integer >= 1 (n means seeds "
+                              f"0..n-1), or give a list of seeds; got {value!r}")
+        return tuple(range(int(value)))
+    if not isinstance(value, numbers.Number):
+        raise ConfigError(wrong)
+    return (value,)

@@ -35,7 +35,7 @@ import pandas as pd
 from igrlib.io import data
 from igrlib.training import egr
 from igrlib.maths import models, stats
-from igrlib.config import ConfigError, check_keys, resolve_profile
+from igrlib.config import ConfigError, axis_values, check_keys, resolve_profile
 from igrlib.experiments import common, egr_mlp, mnist_mlp
 from igrlib.measurement.measure import MeasureConfig
 from igrlib.training.train import TrainConfig, make_loss_fn
@@ -83,7 +83,7 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     ``penalty_method``, ...). Every value is validated here, before any compute."""
     spec = PROFILES[resolve_profile(profile)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    axes = {k: tuple(overrides.pop(k, spec[k])) for k in AXES}
+    axes = {k: axis_values(k, overrides.pop(k, spec[k])) for k in AXES}
     check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "cifar_resnet override")
     if any(not isinstance(mu, (int, float)) or mu <= 0 for mu in axes["mu"]):
         raise ConfigError(f"EGR mu values must be numbers > 0 (the plain arm is mu = 0), got {axes['mu']!r}")

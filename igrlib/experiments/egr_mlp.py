@@ -34,7 +34,7 @@ import pandas as pd
 from igrlib.io import data
 from igrlib.training import egr
 from igrlib.maths import losses, models, stats
-from igrlib.config import ConfigError, check_choice, check_keys, resolve_profile
+from igrlib.config import ConfigError, axis_values, check_choice, check_keys, resolve_profile
 from igrlib.experiments import common, mnist_mlp
 from igrlib.measurement.measure import MeasureConfig
 from igrlib.io.results import run_id
@@ -80,7 +80,7 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     ``n_train``, ``penalty_method``, ...). Every value is validated here, before any compute."""
     spec = PROFILES[resolve_profile(profile)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    axes = {k: tuple(overrides.pop(k, spec[k])) for k in AXES}
+    axes = {k: axis_values(k, overrides.pop(k, spec[k])) for k in AXES}
     check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "egr_mlp override")
     if any(not isinstance(mu, (int, float)) or mu < 0 for mu in axes["mu"]):
         raise ConfigError(f"mu values must be numbers >= 0, got {axes['mu']!r}")

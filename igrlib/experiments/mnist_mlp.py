@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from igrlib.maths import stats
-from igrlib.config import check_keys, resolve_profile
+from igrlib.config import axis_values, check_keys, resolve_profile
 from igrlib.experiments import common
 from igrlib.measurement.measure import MeasureConfig
 from igrlib.training.train import TrainConfig
@@ -60,7 +60,7 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     Every value is validated here, before any compute."""
     spec = PROFILES[resolve_profile(profile)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    axes = {k: tuple(overrides.pop(k, v)) for k, v in spec["axes"].items()}
+    axes = {k: axis_values(k, overrides.pop(k, v)) for k, v in spec["axes"].items()}
     check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "mnist_mlp override")
     base = {**BASE, **spec["base"], **overrides}
     return common.make_grid(base, axes, MeasureConfig(**spec["measure"]))
