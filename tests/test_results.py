@@ -1,4 +1,5 @@
-"""The results store: run ids, atomic writes, JSON without NaN, the DataFrame view, bad input."""
+"""The results store: run ids, atomic writes, JSON without NaN, unreadable records moved aside,
+the DataFrame view (nested configs flattened), bad input."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -185,7 +187,7 @@ def test_frame_has_one_row_per_record_and_the_documented_columns(store):
     df = store.frame()
     assert len(df) == 2
     expected = {"id", "status", "status_step", "error", "history", "extra", "wall_time_s",
-                "test_acc", "metric_seed", *CONFIG}
+                "provenance", "test_acc", "metric_seed", *CONFIG}
     assert set(df.columns) == expected
     row = df.set_index("id").loc[results.run_id(CONFIG)]
     assert row["status"] == "ok" and row["test_acc"] == 0.97 and row["seed"] == 0
@@ -204,3 +206,61 @@ def test_no_pickles_anywhere(store):
     store.put(CONFIG, status="ok", metrics={"test_acc": 0.9})
     files = list(Path(store.path).rglob("*"))
     assert files and all(f.suffix == ".json" for f in files)
+
+
+def test_nested_sections_flatten_recursively_and_colliding_keys_get_their_section(store):
+    nested = {"train": {"method": "egr", "seed": 3, "hparams": {"mu": 0.02, "lr": 0.1}},
+              "measure": {"seed": 9, "sigmas": [0.0, 0.1]}, "seed": 1, "empty": {}}
+    store.put(nested, status="ok", metrics={"mu": 5.0})
+    row = store.frame().iloc[0]
+    assert row["method"] == "egr" and row["lr"] == 0.1 and row["sigmas"] == [0.0, 0.1]
+    assert row["mu"] == 0.02 and row["metric_mu"] == 5.0
+    # a top-level key keeps its name; nested ones that collide take their section's name
+    assert (row["seed"], row["train_seed"], row["measure_seed"]) == (1, 3, 9)
+    assert row["empty"] == {}
+    assert not {"train", "measure", "hparams"} & set(store.frame().columns)
+
+
+def test_column_names_prefix_until_unique():
+    paths = [("a", "x", "mu"), ("b", "x", "mu"), ("b", "nu"), ("nu",)]
+    assert results.column_names(paths) == {("a", "x", "mu"): "a_x_mu", ("b", "x", "mu"): "b_x_mu",
+                                           ("b", "nu"): "b_nu", ("nu",): "nu"}
+
+
+def test_put_notes_the_group_the_run_was_trained_in(store):
+    ids = [results.run_id(CONFIG), results.run_id({**CONFIG, "seed": 1})]
+    store.put(CONFIG, status="ok", group=ids)
+    assert store.get(CONFIG)["group"] == ids
+    store.put(CONFIG, status="ok")
+    assert store.get(CONFIG)["group"] is None
+
+
+def test_device_false_leaves_jax_alone(store):
+    store.put(CONFIG, status="failed", error="the job died", device=False)
+    prov = store.get(CONFIG)["provenance"]
+    assert prov["device"] is None and "git_commit" not in prov and prov["date"]
+
+
+@pytest.mark.parametrize("damage", [
+    b'{"id": "abc", "config": {"learning_r',                 # truncated: a full disk
+    b"\xff\xfe not text",                                    # not UTF-8
+    b'["a list"]',                                            # JSON, not a record
+    b'{"id": "x", "config": {}, "status": "finished"}',       # a manual edit: unknown status
+])
+def test_an_unreadable_record_is_moved_aside_and_its_run_counts_as_missing(store, damage):
+    other = {**CONFIG, "seed": 1}
+    store.put(CONFIG, status="ok", metrics={"test_acc": 0.9})
+    store.put(other, status="ok", metrics={"test_acc": 0.8})
+    store.file(CONFIG).write_bytes(damage)
+    with pytest.warns(RuntimeWarning, match=store.file(CONFIG).name) as caught:
+        df = store.frame()
+    assert len(caught) == 1 and "moved to" in str(caught[0].message)
+    assert list(df["id"]) == [results.run_id(other)]  # the rest of the store still reads
+    (kept,) = (store.path / "corrupt").iterdir()
+    assert kept.name.startswith(store.file(CONFIG).name + ".") and kept.read_bytes() == damage
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once: the file is gone, nothing warns again
+        assert store.get(CONFIG) is None and not store.done(CONFIG)
+        assert len(store.frame()) == 1
+    store.put(CONFIG, status="ok", metrics={"test_acc": 0.9})  # the next sweep redoes the run
+    assert store.done(CONFIG)
