@@ -1,7 +1,8 @@
 # igr-book: two commands on a fresh machine (see README.md)
 #   make book   create .venv, fetch the data, vendor MathJax, build the HTML book in _build/html
 #   make test   the same set-up, then the whole test suite (what .ci/run calls)
-# Everything else (make run, make wheels, make clean) is for working on the book.
+# Everything else (make run, make wheels, make bench, make clean) is for working on the book;
+# `make help` lists the targets and tests/test_docs_commands.py runs each in a cheap form.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -29,14 +30,20 @@ PROFILE ?= $(IGR_PROFILE)
 ARGS ?=
 PYTEST_ARGS ?=
 
+# sha256sum (GNU coreutils) where it exists, else `shasum -a 256` (macOS); same output format
+SHA256 := $(shell command -v sha256sum >/dev/null 2>&1 && echo sha256sum || echo shasum -a 256)
+
 .PHONY: help env data mathjax book test run wheels clean
 
 help:
 	@echo "make book    build the HTML book in _build/html (IGR_PROFILE=$(IGR_PROFILE))"
 	@echo "make test    run every test (chapters at the smoke profile)"
-	@echo "make run CHAPTER=mnist_igr PROFILE=paper [ARGS='-p seeds 3']"
-	@echo "             execute one chapter with papermill into build/runs/"
-	@echo "make env | data | mathjax | wheels | clean"
+	@echo "make run CHAPTER=mnist_igr PROFILE=paper ARGS='-p seeds 3'"
+	@echo "             execute one chapter with papermill into build/runs/ (ARGS=--dry-run: check only)"
+	@echo "make wheels  download CUDA JAX and every wheel the chapters need into build/wheels/"
+	@echo "             for an offline GPU machine (then scripts/gpu_recipe.sh --wheels build/wheels)"
+	@echo "make bench   the benchmark suite (bench/; ARGS=--quick for tiny sizes)"
+	@echo "make env | data | mathjax | clean"
 
 env: $(ENV_STAMP)
 
@@ -56,7 +63,7 @@ mathjax: $(MATHJAX)
 $(MATHJAX):
 	rm -rf build/mathjax && mkdir -p build/mathjax vendor
 	npm pack --silent --pack-destination build/mathjax mathjax@$(MATHJAX_VERSION) >/dev/null
-	echo "$(MATHJAX_SHA256)  build/mathjax/mathjax-$(MATHJAX_VERSION).tgz" | sha256sum --check --quiet
+	echo "$(MATHJAX_SHA256)  build/mathjax/mathjax-$(MATHJAX_VERSION).tgz" | $(SHA256) --check --quiet
 	tar -xzf build/mathjax/mathjax-$(MATHJAX_VERSION).tgz -C build/mathjax
 	rm -rf vendor/mathjax
 	cp -r build/mathjax/package/es5 vendor/mathjax
@@ -76,14 +83,15 @@ run: env data
 	@test -n "$(CHAPTER)" || { echo "usage: make run CHAPTER=<chapter> PROFILE=<smoke|cpu|paper> [ARGS='-p name value']" >&2; exit 2; }
 	$(PY) scripts/run_chapter.py $(CHAPTER) --profile $(PROFILE) $(ARGS)
 
+# The GPU machine itself runs scripts/gpu_recipe.sh (install, check, data, every paper chapter).
 wheels: env
-	bash scripts/prepare_gpu_wheels.sh
+	bash scripts/gpu_recipe.sh --download build/wheels
 
 # Keeps the execution cache (_build/.jupyter_cache) and the results store.
 clean:
 	jupyter-book clean .
 
-# The benchmark suite (bench/, issue 7; < 15 min on 2 cores): prints the targets table and saves
+# The benchmark suite (bench/; < 15 min on 2 cores): prints the targets table and saves
 # bench/results/<machine>.json, which book/performance.md plots. Needs the bench extra (PyTorch).
 # make bench ARGS=--quick: tiny sizes, to check that it runs.
 .PHONY: bench

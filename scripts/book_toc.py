@@ -1,10 +1,14 @@
-"""The book's table of contents: which pages it lists and which of them are executable chapters.
+"""The book's table of contents: which pages it lists, which of them are executable chapters, and
+which chapters run a ``paper`` grid (what the GPU recipe runs).
 
-Shared by ``scripts/run_chapter.py`` and the tests, so both agree on what a chapter is.
+Shared by ``scripts/run_chapter.py``, ``scripts/gpu_recipe.sh`` and the tests, so all agree on
+what a chapter is.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +55,31 @@ def chapters(toc: Path = TOC) -> list[str]:
         if path.exists() and is_notebook(path):
             names.append(path.stem)
     return names
+
+
+def experiments(chapter: str) -> list[str]:
+    """The ``igrlib.experiments`` modules a chapter imports (``from igrlib.experiments import a, b``)."""
+    text = (BOOK / f"{chapter}.md").read_text()
+    found: list[str] = []
+    for names in re.findall(r"^\s*from igrlib\.experiments import ([\w, ]+)$", text, flags=re.M):
+        found += [n.strip() for n in names.split(",") if n.strip()]
+    return found
+
+
+def paper_chapters(toc: Path = TOC) -> list[str]:
+    """The chapters that run a ``paper`` grid: those importing an experiment module with a
+    ``grid`` function and a ``"paper"`` entry in its ``PROFILES``. These are what a GPU must run;
+    the other chapters compute in seconds to minutes wherever the book is built. Imports igrlib
+    (and so JAX), hence only here, not at module level."""
+    import importlib
+
+    def has_paper_grid(module: str) -> bool:
+        mod = importlib.import_module(f"igrlib.experiments.{module}")
+        return callable(getattr(mod, "grid", None)) and "paper" in getattr(mod, "PROFILES", {})
+
+    return [c for c in chapters(toc) if any(has_paper_grid(m) for m in experiments(c))]
+
+
+if __name__ == "__main__":
+    # `python scripts/book_toc.py [--paper]`: the chapters (or those with a paper grid), one a line
+    print("\n".join(paper_chapters() if "--paper" in sys.argv[1:] else chapters()))
