@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pandas as pd
 import pytest
 
 from igrlib.io import data
@@ -77,3 +78,104 @@ def test_smoke_sweep_records_every_run(tmp_path):
     assert set(frame["status"]) <= {"ok", "diverged", "collapsed"}
     table = mnist_mlp.findings(frame, grid[0]["train"]["thresholds"][1])
     assert {"claim", "statistic", "value", "verdict"} <= set(table.columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis on synthetic records (no training): each function follows the data it is given
+
+
+def _fake_mnist_runs() -> pd.DataFrame:
+    """Records as the store gives them: R_IG and the slope fall with h, accuracy rises, ‖∇E‖
+    RISES (so a slope row reading it would fail), h·λ_max = 1.2 everywhere, and the accuracy lost
+    to noise grows with h although the noisy accuracy itself rises; seed 2 diverges at h = 0.5."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for width, m in ((50, 1000), (100, 3000)):
+        for seed in range(3):
+            for i, h in enumerate((0.01, 0.05, 0.1, 0.5)):
+                ok = not (seed == 2 and h == 0.5)
+                clean = 0.90 + 0.01 * i + 0.001 * seed
+                rows.append(dict(
+                    id=f"{width}-{seed}-{h}", status="ok" if ok else "diverged", width=width,
+                    learning_rate=h, seed=seed, mu=0.0, num_params=m, lambda_=h * m / 4, n_test=2000,
+                    reached_1=ok, test_acc=clean, train_loss_full=0.01 / (1 + i),
+                    r_ig=1e-6 / (1 + i) * (1 + 0.01 * rng.standard_normal()),
+                    mean_abs_slope=1e-3 / (1 + i), grad_norm=0.1 * (1 + i),
+                    lambda_max=1.2 / h, hessian_trace=10 / h,
+                    history={}, extra={"robustness": dict(
+                        sigma=[0.0, 0.1], metric=["test_acc", "test_acc"],
+                        mean=[clean, clean - 0.001 * (1 + i)])}))
+    return pd.DataFrame(rows).rename(columns={"lambda_": "lambda"})
+
+
+def test_mnist_findings_follow_the_data_and_lead_with_within_width_rows():
+    table = mnist_mlp.findings(_fake_mnist_runs(), 1.0).set_index("claim")
+    assert list(table.index[:5]) == [c for c in table.index if "within width 50" in c]
+    for claim in ("2.1 within width 50: R_IG falls with h", "2.3 within width 100: test accuracy rises with h",
+                  "2.2 within width 100: slope falls with h", "2.2 flatter: slope falls with h",
+                  "2.1 R_IG falls as λ grows"):
+        assert table.loc[claim, "verdict"] == "reproduced", claim
+    # noise costs MORE accuracy at larger h, though the raw noisy accuracy rises: the drop decides
+    assert table.loc["2.4 within width 50: noise costs less accuracy with h", "verdict"] == "not reproduced"
+    assert table.loc["2.4 noise costs less accuracy with h (σ=0.1, relative)", "verdict"] == "not reproduced"
+    # the paired effect is in test images, 2000 × (0.92 − 0.90), between h = 0.01 and the largest
+    # rate every seed kept (0.1: h = 0.5 lost seed 2)
+    assert table.loc["2.3 within width 50: test accuracy rises with h", "effect"] == \
+        "+40 [+40, +40] test images (0.01→0.1, 3 seeds)"
+    assert "2.1 at matched loss" not in table.index and table["p_holm"].ge(table["p"]).all()
+
+
+def test_mnist_survivorship_stability_and_robustness_drop():
+    runs = _fake_mnist_runs()
+    assert mnist_mlp.unsurvived_rates(mnist_mlp.tidy(runs)) == [0.5]
+    both = mnist_mlp.survivorship(runs, 1.0)
+    assert "verdict (without h ∈ {0.5})" in both and "n=22 runs" in both["value"].iloc[-1]
+    assert "n=18 runs" in both["value (without h ∈ {0.5})"].iloc[-1]  # the 4 survivors at h = 0.5 out
+    np.testing.assert_allclose(mnist_mlp.stability_table(runs)["mean"], 1.2)
+    rob = mnist_mlp.robustness_at(mnist_mlp.tidy(runs))
+    index = rob["learning_rate"].map({0.01: 0, 0.05: 1, 0.1: 2, 0.5: 3})
+    np.testing.assert_allclose(rob["robustness_drop"], 0.001 * (1 + index), rtol=1e-9)
+    assert (rob["sigma"] == 0.1).all()
+
+
+def _history_runs(effect_of_h: bool) -> pd.DataFrame:
+    """Trajectories with R_IG = c(h)·E^2.5 along each run; c(h) = 0.1/h when ``effect_of_h``
+    (the learning rate lowers R_IG at equal loss), else 1 (larger h only reaches lower E). The
+    loss falls by the same factor per probe in every run, so the matched points share E."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed in range(3):
+        for h in (0.01, 0.05, 0.1, 0.5):
+            loss = 10.0 ** (-np.arange(30 + int(10 * h)) / 10)
+            c = 0.1 / h if effect_of_h else 1.0
+            r_ig = c * loss ** 2.5 * np.exp(0.01 * rng.standard_normal(len(loss)))
+            history = dict(probe_step=list(range(len(loss))), probe_train_loss=list(loss), probe_r_ig=list(r_ig),
+                           probe_lambda_max=list(1.0 / np.sqrt(loss)), probe_hessian_trace=list(5.0 / loss))
+            rows.append(dict(id=f"{seed}-{h}", width=50, learning_rate=h, seed=seed, history=history))
+    return pd.DataFrame(rows)
+
+
+def test_matched_loss_control_on_synthetic_histories():
+    with_effect, without = _history_runs(True), _history_runs(False)
+    fits = mnist_mlp.loss_exponents(with_effect)
+    np.testing.assert_allclose(fits["k_mean"], 2.5, atol=0.01)
+    assert (fits["partial_rho_h_r_ig"] < -0.9).all()
+    assert (mnist_mlp.loss_exponents(without)["partial_rho_h_r_ig"].abs() < 0.2).all()
+    matched = mnist_mlp.matched_loss(with_effect, targets=(0.1, 0.01))
+    assert set(matched["target"]) == {0.1, 0.01} and (matched["train_loss"] <= matched["target"]).all()
+    table = mnist_mlp.matched_loss_findings(with_effect, targets=(0.1,)).set_index("claim")
+    assert table.loc["2.1 width 50, E* = 0.1: R_IG falls with h", "verdict"] == "reproduced"
+    null = mnist_mlp.matched_loss_findings(without, targets=(0.1,)).set_index("claim")
+    assert null.loc["2.1 width 50, E* = 0.1: R_IG falls with h", "verdict"] != "reproduced"
+    skipped = mnist_mlp.matched_loss_findings(_fake_mnist_runs())
+    assert skipped["value"].iloc[0].startswith("skipped") and len(skipped) == 1
+
+
+def test_describe_states_everything_that_shapes_a_result():
+    text = mnist_mlp.describe(mnist_mlp.grid("cpu"))
+    for piece in ("10,000 training", "evaluated every 2 epochs", "stops 10 evaluations", "thresholds 100%, 99%",
+                  "checkpoint: the evaluation of maximal", "seeds [0, 1, 2]", "curvature on 2,048"):
+        assert piece in text, piece
+    spec = mnist_mlp.within_width_grid()
+    assert {c["train"]["n_train"] for c in spec} == {None} and len({c["train"]["seed"] for c in spec}) >= 3
+    assert len({c["train"]["learning_rate"] for c in spec}) == 3 and len({c["train"]["width"] for c in spec}) == 1

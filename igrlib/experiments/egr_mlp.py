@@ -132,44 +132,100 @@ def matched_mu_limit(runs: pd.DataFrame) -> float:
     return float(ok["mu"].max())
 
 
-def findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
-    """The "What we found" table: Spearman ρ with a bootstrap-over-seeds 95 % interval.
+#: Equivalence margins for "EGR at (h, μ) does what plain SGD at h + 4μ does" (our choice):
+#: test accuracy within 0.5 % of the test set, R_IG within a factor 2 (0.3 decades).
+ACC_MARGIN, R_IG_MARGIN = 0.005, 0.3
 
-    "Moderate" μ are those up to :func:`matched_mu_limit`; "large" μ are those from that limit
-    up (the limit included, so the comparison starts from the best-matched EGR run).
+
+def findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """The "What we found" table (see :func:`igrlib.maths.stats.finding` for the columns).
+
+    Trends with μ are within-seed rank trends at the small learning rate, μ = 0 included.
+    "Moderate" μ are those up to :func:`matched_mu_limit`; "large" μ those from that limit up
+    (the limit included, so the comparison starts from the best-matched EGR run). "EGR ≈ larger
+    h" is tested per matched setting as an *arm effect*: the paired (same-seed) difference
+    between EGR at (h, μ) and plain SGD at h + 4μ, with an equivalence margin
+    (:data:`ACC_MARGIN`, :data:`R_IG_MARGIN`); a shared trend on the λ axis would pass whenever
+    each arm trends on its own.
     """
-    df = tidy(runs, threshold)
+    return findings_of(tidy(runs, threshold), threshold)
+
+
+def equivalence_rows(effects: pd.DataFrame, untestable: str | None = None) -> list[dict]:
+    """The two "EGR ≈ larger h" rows (test accuracy, R_IG) of each matched setting of
+    :func:`arm_effects_of`."""
+    rows = []
+    for _, pair in effects.iterrows():
+        where = f"(h={pair['h']:g}, μ={pair['mu']:g}) vs plain h={pair['h_equiv']:g}"
+        rows.append(stats.equivalence_finding(
+            f"EGR ≈ larger h: same test accuracy, {where}", pair["d_test_images"],
+            ACC_MARGIN * pair["n_test_images"], "test images", "paired Δ test images (EGR − plain)",
+            untestable=untestable))
+        rows.append(stats.equivalence_finding(
+            f"EGR ≈ larger h: same R_IG, {where}", pair["d_log10_r_ig"], R_IG_MARGIN,
+            "decades", "paired Δ log10 R_IG (EGR − plain)", untestable=untestable))
+    return rows
+
+
+def findings_of(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """:func:`findings` of an already tidied frame."""
     kept = df[df["category"] == "kept"]
     egr_runs = kept[kept["arm"] == "EGR"]
     limit = matched_mu_limit(df)
     moderate = egr_runs[egr_runs["mu"] <= limit]
     large = df[(df["arm"] == "EGR") & (df["mu"] >= limit)]
-    matched = kept[(kept["arm"] == "plain") | (kept["mu"] <= limit)]
+    images = mnist_mlp.test_images_scale(kept) if len(kept) else (1.0, "accuracy")
     rows = []
 
-    def add(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, what: str) -> None:
-        rows.append(stats.finding(claim, frame, x, y, sign, what))
+    def add(claim, frame, x, y, sign, what, effect=None, minima=True):
+        rows.append(stats.finding(claim, frame, x, y, sign, what, effect=effect, about_minima=minima))
 
-    add("EGR lowers R_IG", egr_runs, "mu", "r_ig", -1, "ρ(μ, R_IG), all μ")
+    add("EGR lowers R_IG", egr_runs, "mu", "log10_r_ig", -1, "ρ(μ, R_IG), all μ", (1.0, "decades of R_IG"))
     add("EGR raises test accuracy (moderate μ)", moderate, "mu", "test_acc", +1,
-        f"ρ(μ, test acc), μ ≤ {limit:g}")
-    add("EGR flattens: slope falls", egr_runs, "mu", "mean_abs_slope", -1, "ρ(μ, slope), all μ")
-    add("EGR flattens: λ_max falls", egr_runs, "mu", "lambda_max", -1, "ρ(μ, λ_max), all μ")
-    add("EGR ≈ larger h: one R_IG trend on the λ axis", matched, "lambda_equiv", "r_ig", -1,
-        "ρ(λ_equiv, R_IG), both arms")
-    add("EGR ≈ larger h: one accuracy trend on the λ axis", matched, "lambda_equiv", "test_acc", +1,
-        "ρ(λ_equiv, test acc), both arms")
-    add("too large μ hurts", large, "mu", "test_acc", -1,
-        f"ρ(μ, test acc), μ ≥ {limit:g}, every run")
-    table = pd.DataFrame(rows)
-    table.insert(0, "threshold", f"{threshold:.0%}")
-    return table
+        f"ρ(μ, test acc), μ ≤ {limit:g}", images)
+    add("EGR flattens: slope falls", egr_runs, "mu", "mean_abs_slope", -1, "ρ(μ, mean |slope|), all μ")
+    add("EGR flattens: λ_max falls", egr_runs, "mu", "lambda_max", -1, "ρ(μ, λ_max), all μ", (1.0, "λ_max"))
+    rows += equivalence_rows(arm_effects_of(df))
+    add("too large μ hurts", large, "mu", "test_acc", -1, f"ρ(μ, test acc), μ ≥ {limit:g}, every run",
+        images, minima=False)
+    return stats.finish(rows, threshold)
+
+
+def arm_effects(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """One row per EGR setting (width, h, μ > 0) whose h_equiv = h + 4μ is a plain arm's rate:
+    the per-seed paired differences EGR − plain (same seed: same initialisation and data order)
+    of test accuracy in test images (``d_test_images``) and of log10 R_IG (``d_log10_r_ig``),
+    kept runs only, with their means and 95 % t-intervals. μ' = μm is the penalty in R_IG units."""
+    return arm_effects_of(tidy(runs, threshold))
+
+
+def arm_effects_of(df: pd.DataFrame) -> pd.DataFrame:
+    """:func:`arm_effects` of an already tidied frame (with ``arm``, ``mu``, ``log10_r_ig``)."""
+    kept = df[df["category"] == "kept"]
+    plain = kept[kept["arm"] == "plain"]
+    rows = []
+    for (width, h, mu), group in kept[(kept["arm"] == "EGR") & (kept["mu"] > 0)].groupby(
+            ["width", "learning_rate", "mu"]):
+        match = plain[(plain["width"] == width) & np.isclose(plain["learning_rate"], h + 4 * mu)]
+        if match.empty:
+            continue
+        both = group.set_index("seed").join(match.set_index("seed"), how="inner", lsuffix="_egr", rsuffix="_plain")
+        n_test = float(both["n_test_images_egr"].iloc[0]) if len(both) else mnist_mlp.FULL_TEST
+        d_acc = (n_test * (both["test_acc_egr"] - both["test_acc_plain"])).tolist()
+        d_rig = (both["log10_r_ig_egr"] - both["log10_r_ig_plain"]).tolist()
+        acc, rig = stats.t_interval(d_acc), stats.t_interval(d_rig)
+        rows.append(dict(width=width, h=h, mu=mu, mu_prime=mu * group["num_params"].iloc[0], h_equiv=h + 4 * mu,
+                         n_pairs=len(both), n_test_images=n_test, d_test_images=d_acc, d_log10_r_ig=d_rig,
+                         mean_d_images=acc[0], ci_d_images=(acc[1], acc[2]),
+                         mean_d_decades=rig[0], ci_d_decades=(rig[1], rig[2])))
+    return pd.DataFrame(rows)
 
 
 def matched_pairs(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     """One row per EGR setting (width, h, μ > 0) whose equivalent rate ``h + 4μ`` is a plain
     arm's rate: mean test accuracy and R_IG of the kept runs of the EGR baseline (same width and
-    h, μ = 0), of the EGR runs, and of the plain runs at ``h + 4μ``, with the kept-run counts."""
+    h, μ = 0), of the EGR runs, and of the plain runs at ``h + 4μ``, with the kept-run counts;
+    ``mu_prime`` = μm is the penalty's coefficient in R_IG units."""
     df = tidy(runs, threshold)
     kept = df[df["category"] == "kept"]
     plain = kept[kept["arm"] == "plain"]
@@ -181,13 +237,19 @@ def matched_pairs(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
         match = plain[(plain["width"] == width) & np.isclose(plain["learning_rate"], h + 4 * mu)]
         if match.empty:
             continue
-        row = dict(width=width, h=h, mu=mu, h_equiv=h + 4 * mu)
+        row = dict(width=width, h=h, mu=mu, mu_prime=mu * group["num_params"].iloc[0], h_equiv=h + 4 * mu)
         for name, frame in (("baseline", base), ("egr", group), ("plain", match)):
             row[f"n_{name}"] = len(frame)
             row[f"test_acc_{name}"] = frame["test_acc"].mean()
             row[f"r_ig_{name}"] = frame["r_ig"].mean()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def stability_table(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """Per arm, h and μ: the kept runs' h·λ_max·(1 + 2μλ_max) at the checkpoint (linear
+    stability of a step on E + μ‖∇E‖² needs it below 2): see :func:`mnist_mlp.stability_table`."""
+    return mnist_mlp.stability_table(runs, threshold, keys=("arm", "learning_rate", "mu"))
 
 
 def summary(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:

@@ -72,14 +72,37 @@ run_group = common.run_group
 
 
 # ---------------------------------------------------------------------------------------------
+# A targeted run for the within-width accuracy effect
+
+#: The within-width rise of test accuracy with h seen on the 10k subset at ``cpu``: does it hold
+#: on the full training set? One width, three learning rates, five seeds, the rest of the ``cpu``
+#: protocol (about 6x the cost per run of the subset for 6x the data: roughly 15 runs x 1-2 min).
+WITHIN_WIDTH = dict(width=(100,), learning_rate=(0.1, 0.05, 0.01), seed=(0, 1, 2, 3, 4))
+
+
+def within_width_grid(seeds: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The run configs of :data:`WITHIN_WIDTH` (``seeds`` replaces its seeds), validated now."""
+    axes = dict(width=WITHIN_WIDTH["width"], learning_rate=WITHIN_WIDTH["learning_rate"],
+                seed=tuple(WITHIN_WIDTH["seed"] if seeds is None else seeds))
+    base = {**BASE, **PROFILES["cpu"]["base"], "n_train": None}
+    return common.make_grid(base, axes, MeasureConfig(**PROFILES["cpu"]["measure"]))
+
+
+# ---------------------------------------------------------------------------------------------
 # Analysis
+
+#: Test-set size when a config leaves ``n_test`` unset (the full MNIST test split).
+FULL_TEST = 10_000
 
 
 def tidy(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     """One row per run with the config axes, λ, metrics and a ``category``:
 
     ``kept`` (status ok and training accuracy reached ``threshold``), ``below threshold``,
-    ``diverged``, ``collapsed`` or ``failed``.
+    ``diverged``, ``collapsed`` or ``failed``. Added columns: ``log10_r_ig``, ``n_test_images``
+    (the test-set size) and ``stability_product`` = h·λ_max·(1 + 2μλ_max), the factor by which a
+    step of rate h on E + μ‖∇E‖² multiplies the error along the top Hessian eigenvector on a
+    quadratic is 1 − that product, so linear stability needs it below 2 (μ = 0: h·λ_max).
     """
     if runs.empty:
         return runs
@@ -91,43 +114,101 @@ def tidy(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     df["category"] = np.where(df["status"] != "ok", df["status"],
                               np.where(reached.fillna(False).astype(bool), "kept", "below threshold"))
     df["test_acc_at_threshold"] = df.get(f"test_acc_at_{tag}")
-    df["r_ig_over_loss"] = df["r_ig"] / df["train_loss_full"]
+    df["log10_r_ig"] = np.log10(df["r_ig"].where(df["r_ig"] > 0))
+    n_test = df["n_test"] if "n_test" in df else pd.Series(np.nan, index=df.index)
+    df["n_test_images"] = n_test.fillna(FULL_TEST).astype(int)
+    mu = df["mu"].fillna(0.0) if "mu" in df else 0.0  # plain runs may carry no μ
+    if "lambda_max" in df:
+        df["stability_product"] = df["learning_rate"] * df["lambda_max"] * (1 + 2 * mu * df["lambda_max"])
     return df
 
 
-def findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+def test_images_scale(frame: pd.DataFrame) -> tuple[float, str]:
+    """The scale that turns an accuracy difference into test images, for a paired effect."""
+    sizes = frame["n_test_images"].unique() if "n_test_images" in frame else [FULL_TEST]
+    return float(sizes[0]) if len(sizes) == 1 else 1.0, "test images" if len(sizes) == 1 else "accuracy"
+
+
+def unsurvived_rates(df: pd.DataFrame) -> list[float]:
+    """Learning rates at which some run diverged or collapsed: their kept runs are survivors."""
+    lost = df[df["status"].isin(["diverged", "collapsed"])]
+    return sorted(lost["learning_rate"].unique())
+
+
+def findings(runs: pd.DataFrame, threshold: float = 1.0,
+             exclude_rates: Sequence[float] = ()) -> pd.DataFrame:
     """The "What we found" table for Predictions 2.1–2.4 at one training-accuracy threshold.
 
-    Spearman ρ with a bootstrap-over-seeds 95 % interval, pooled over widths and within each
-    width (the learning rate's own effect, since λ = hm/4 mixes h and the width).
+    Within-width rows first (the learning rate's own effect: λ = hm/4 mixes h and the width),
+    pooled rows after. Each row: per-seed Spearman ρ and their sign consistency, the stratified
+    permutation p-value in the predicted direction and its Holm adjustment over the table, the
+    paired within-seed effect between two learning rates (accuracies in test images), and the
+    verdict of :func:`igrlib.maths.stats.verdict`. Slope is the mean random-direction slope
+    ``mean_abs_slope`` (‖∇E‖ = √(m R_IG) would repeat 2.1); robustness is the accuracy *drop*
+    under parameter noise. ``exclude_rates`` drops the runs of those learning rates (see
+    :func:`survivorship`).
     """
     df = tidy(runs, threshold)
-    kept = df[df["category"] == "kept"]
+    kept = df[(df["category"] == "kept") & ~df["learning_rate"].isin(list(exclude_rates))]
+    rob = robustness_at(kept)
     rows = []
 
-    def add(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, what: str) -> None:
-        rows.append(stats.finding(claim, frame, x, y, sign, what))
+    def add(claim, frame, x, y, sign, what, effect=None, minima=True):
+        rows.append(stats.finding(claim, frame, x, y, sign, what, effect=effect, about_minima=minima))
 
+    for width, group in kept.groupby("width"):
+        images = test_images_scale(group)
+        add(f"2.1 within width {width}: R_IG falls with h", group, "learning_rate", "log10_r_ig", -1,
+            "ρ(h, R_IG)", (1.0, "decades of R_IG"))
+        add(f"2.3 within width {width}: test accuracy rises with h", group, "learning_rate", "test_acc",
+            +1, "ρ(h, test acc)", images)
+        add(f"2.2 within width {width}: λ_max falls with h", group, "learning_rate", "lambda_max", -1,
+            "ρ(h, λ_max)", (1.0, "λ_max"))
+        add(f"2.2 within width {width}: slope falls with h", group, "learning_rate", "mean_abs_slope", -1,
+            "ρ(h, mean |slope|)")
+        if not rob.empty:
+            add(f"2.4 within width {width}: noise costs less accuracy with h", rob[rob["width"] == width],
+                "learning_rate", "robustness_drop", -1, f"ρ(h, accuracy drop at σ={rob['sigma'].iloc[0]:g})",
+                images)
     add("2.1 R_IG falls as λ grows", kept, "lambda", "r_ig", -1, "ρ(λ, R_IG), pooled")
     add("2.3 test accuracy rises with λ", kept, "lambda", "test_acc", +1, "ρ(λ, test acc), pooled")
-    add("(confound) width alone", kept, "num_params", "test_acc", +1, "ρ(m, test acc), pooled")
-    add("(confound) R_IG tracks the loss", kept, "train_loss_full", "r_ig", +1, "ρ(E, R_IG), pooled")
-    add("2.1 at matched loss", kept, "lambda", "r_ig_over_loss", -1, "ρ(λ, R_IG/E), pooled")
-    for width, group in kept.groupby("width"):
-        add(f"2.1 within width {width}", group, "learning_rate", "r_ig", -1, "ρ(h, R_IG)")
-        add(f"2.3 within width {width}", group, "learning_rate", "test_acc", +1, "ρ(h, test acc)")
-        add(f"2.2 within width {width}", group, "learning_rate", "lambda_max", -1, "ρ(h, λ_max)")
-    add("2.2 flatter: slope falls with h", kept, "learning_rate", "grad_norm", -1, "ρ(h, ‖∇E‖), pooled")
+    add("(confound) width alone", kept, "num_params", "test_acc", +1, "ρ(m, test acc), pooled", minima=False)
+    add("(confound) R_IG tracks the loss", kept, "train_loss_full", "r_ig", +1, "ρ(E, R_IG), pooled",
+        minima=False)
+    add("2.2 flatter: slope falls with h", kept, "learning_rate", "mean_abs_slope", -1,
+        "ρ(h, mean |slope|), pooled")
     add("2.2 flatter: λ_max falls with h", kept, "learning_rate", "lambda_max", -1, "ρ(h, λ_max), pooled")
     add("2.2 flatter: trace falls with h", kept, "learning_rate", "hessian_trace", -1, "ρ(h, tr H), pooled")
-    rob = robustness_at(kept)
     if not rob.empty:
-        sigma = rob["sigma"].iloc[0]
-        add(f"2.4 robust to noise (σ={sigma:g}, relative)", rob, "learning_rate", "noisy_test_acc", +1,
-            "ρ(h, noisy test acc), pooled")
-    table = pd.DataFrame(rows)
-    table.insert(0, "threshold", f"{threshold:.0%}")
-    return table
+        add(f"2.4 noise costs less accuracy with h (σ={rob['sigma'].iloc[0]:g}, relative)", rob,
+            "learning_rate", "robustness_drop", -1, "ρ(h, clean − noisy test acc), pooled")
+    return stats.finish(rows, threshold)
+
+
+def survivorship(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """The findings with and without the learning rates some of whose runs diverged or collapsed
+    (:func:`unsurvived_rates`): their kept runs are survivors, selected by the dynamics, and
+    supply the extreme points of the pooled trends. One row per claim: both verdicts and values."""
+    lost = unsurvived_rates(tidy(runs, threshold))
+    every = findings(runs, threshold)
+    if not lost:
+        return every.assign(without="(no learning rate lost a run)")
+    without = findings(runs, threshold, exclude_rates=lost)
+    label = f"without h ∈ {{{', '.join(f'{h:g}' for h in lost)}}}"
+    merged = every[["threshold", "claim", "value", "verdict"]].merge(
+        without[["claim", "value", "verdict"]], on="claim", how="left", suffixes=("", f" ({label})"))
+    return merged
+
+
+def stability_table(runs: pd.DataFrame, threshold: float = 1.0,
+                    keys: Sequence[str] = ("width", "learning_rate")) -> pd.DataFrame:
+    """Per setting: the kept runs' h·λ_max·(1 + 2μλ_max) at the checkpoint (mean, min, max). A
+    value near a constant across settings is what linear stability alone predicts (sharpness
+    settles at a fixed fraction of its bound 2), with or without implicit regularization."""
+    df = tidy(runs, threshold)
+    kept = df[df["category"] == "kept"]
+    keys = [k for k in keys if k in kept]
+    return kept.groupby(keys)["stability_product"].agg(["count", "mean", "min", "max"])
 
 
 def counts(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
@@ -137,20 +218,28 @@ def counts(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
 
 
 def robustness_at(runs: pd.DataFrame, sigma: float | None = None) -> pd.DataFrame:
-    """Mean test accuracy under noise of size ``sigma`` (default: the largest σ whose mean accuracy,
-    over runs, stays above 50 %), one row per run."""
+    """Per run, the mean test accuracy under relative parameter noise of size ``sigma`` (default:
+    the largest σ whose mean accuracy over runs stays above 50 %), its clean accuracy (σ = 0)
+    and ``robustness_drop`` = clean − noisy (a fraction of the test set). Runs without a
+    robustness measurement are skipped."""
     rows = []
     for _, run in runs.iterrows():
-        table = pd.DataFrame(run["extra"].get("robustness", {}))
+        extra = run["extra"] if isinstance(run.get("extra"), dict) else {}
+        table = pd.DataFrame(extra.get("robustness", {}))
         if table.empty:
             continue
         acc = table[table["metric"] == "test_acc"]
+        clean = acc.loc[acc["sigma"] == 0, "mean"]
         for _, r in acc.iterrows():
             rows.append(dict(id=run["id"], width=run["width"], learning_rate=run["learning_rate"],
-                             seed=run["seed"], sigma=r["sigma"], noisy_test_acc=r["mean"]))
+                             seed=run["seed"], sigma=r["sigma"], noisy_test_acc=r["mean"],
+                             clean_test_acc=float(clean.iloc[0]) if len(clean) else np.nan,
+                             train_loss_full=run.get("train_loss_full", np.nan),
+                             n_test_images=run.get("n_test_images", FULL_TEST)))
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    df["robustness_drop"] = df["clean_test_acc"] - df["noisy_test_acc"]
     if sigma is None:
         means = df.groupby("sigma")["noisy_test_acc"].mean()
         ok = means[(means > 0.5) & (means.index > 0)]
@@ -158,25 +247,136 @@ def robustness_at(runs: pd.DataFrame, sigma: float | None = None) -> pd.DataFram
     return df[np.isclose(df["sigma"], sigma)].reset_index(drop=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# Trajectories: comparisons at matched training loss
+
+#: History columns of the trajectory probes (lists aligned with ``probe_step``).
+PROBES = {"r_ig": "probe_r_ig", "lambda_max": "probe_lambda_max", "hessian_trace": "probe_hessian_trace"}
+PROBE_LOSS = "probe_train_loss"
+
+
+def matched_loss(runs: pd.DataFrame, targets: Sequence[float] = (0.1, 0.03, 0.01)) -> pd.DataFrame:
+    """One row per run and target loss E*: the run's probes at its first probe where the
+    training loss (full training split) is ≤ E*, so runs are compared at equal fit instead of at
+    their checkpoints. Runs whose history has no ``probe_train_loss`` are skipped; a run that
+    never reaches E* gives no row for it."""
+    rows = []
+    for _, run in runs.iterrows():
+        history = run["history"] if isinstance(run.get("history"), dict) else {}
+        if PROBE_LOSS not in history:
+            continue
+        loss = np.asarray(history[PROBE_LOSS], float)
+        for target in targets:
+            hit = np.flatnonzero(loss <= target)
+            if not len(hit):
+                continue
+            i = hit[0]
+            row = dict(id=run["id"], width=run.get("width"), learning_rate=run["learning_rate"],
+                       seed=run["seed"], target=target, train_loss=loss[i],
+                       train_loss_full=loss[i], step=history.get("probe_step", [np.nan] * len(loss))[i])
+            for name, column in PROBES.items():
+                values = history.get(column)
+                row[name] = float(values[i]) if values is not None and values[i] is not None else np.nan
+            rows.append(row)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["log10_r_ig"] = np.log10(df["r_ig"].where(df["r_ig"] > 0))
+    return df
+
+
+def loss_exponents(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per learning rate (and width): k of R_IG ∝ E^k along each run's trajectory (least squares
+    on the log-log probe points), mean and range over runs, and the partial correlation of log h
+    with log R_IG given log E over every probe point of the group (also for λ_max and tr H): does
+    the learning rate lower R_IG beyond what the lower loss explains?"""
+    points = []
+    for _, run in runs.iterrows():
+        history = run["history"] if isinstance(run.get("history"), dict) else {}
+        if PROBE_LOSS not in history:
+            continue
+        frame = pd.DataFrame({"E": history[PROBE_LOSS],
+                              **{k: history.get(c, [np.nan] * len(history[PROBE_LOSS]))
+                                 for k, c in PROBES.items()}}, dtype=float)
+        frame["width"], frame["learning_rate"], frame["id"] = run.get("width"), run["learning_rate"], run["id"]
+        points.append(frame)
+    if not points:
+        return pd.DataFrame()
+    every = pd.concat(points, ignore_index=True)
+    per_run = every.groupby(["width", "learning_rate", "id"]).apply(
+        lambda g: stats.power_law_exponent(g["E"], g["r_ig"]), include_groups=False).rename("k")
+    table = per_run.groupby(["width", "learning_rate"]).agg(k_mean="mean", k_min="min", k_max="max", runs="size")
+    for width, group in every.groupby("width"):
+        logs = {c: np.log(group[c].where(group[c] > 0)) for c in ("E", *PROBES)}
+        for name in PROBES:
+            table.loc[table.index.get_level_values("width") == width, f"partial_rho_h_{name}"] = (
+                stats.partial_correlation(np.log(group["learning_rate"]), logs[name], logs["E"]))
+    return table
+
+
+def matched_loss_findings(runs: pd.DataFrame, targets: Sequence[float] = (0.1, 0.03, 0.01)) -> pd.DataFrame:
+    """2.1 and 2.2 within each width at matched training loss (:func:`matched_loss`): does R_IG
+    (λ_max, tr H) fall with h among runs compared at the same E*? Without trajectory probes in
+    the records the table has one row saying so."""
+    matched = matched_loss(runs, targets)
+    if matched.empty:
+        return stats.finish([dict(claim="2.1/2.2 at matched training loss", statistic="ρ(h, ·) at E ≤ E*",
+                                  value=f"skipped: the records have no {PROBE_LOSS} history", p=np.nan,
+                                  effect="", verdict="no evidence")], "matched E")
+    rows = []
+    for (width, target), group in matched.groupby(["width", "target"]):
+        for y, label in (("log10_r_ig", "R_IG"), ("lambda_max", "λ_max"), ("hessian_trace", "tr H")):
+            rows.append(stats.finding(f"{'2.1' if y == 'log10_r_ig' else '2.2'} width {width}, E* = {target:g}: "
+                                      f"{label} falls with h", group, "learning_rate", y, -1,
+                                      f"ρ(h, {label}) at the first E ≤ {target:g}"))
+    return stats.finish(rows, "matched E")
+
+
 def history_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table of every evaluation of every run: width, learning_rate, seed, epoch, metrics."""
     rows = []
     for _, run in runs.iterrows():
-        h = pd.DataFrame(run["history"])
+        h = pd.DataFrame({k: v for k, v in run["history"].items() if not k.startswith("probe_")})
         for col in ("width", "learning_rate", "seed", "status"):
             h[col] = run[col]
         rows.append(h)
     return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
 
 
+def protocol(t0: Mapping[str, Any], m0: Mapping[str, Any], seeds: Sequence[int], full_train: int,
+             full_test: int) -> str:
+    """The training and measurement settings that shape a result, one clause each: data split
+    sizes, evaluation interval, patience, thresholds, checkpoint selection, probes, seeds and the
+    measurement settings. Fields a config does not have are left out."""
+    n_val = t0.get("n_val") or 0
+    n_train = (t0["n_train"] or full_train) - (n_val if t0["n_train"] is None else 0)
+    split = f"{n_train:,} training, " + (f"{n_val:,} validation " if n_val else "") + \
+        f"and {t0['n_test'] or full_test:,} test examples"
+    selection = t0.get("selection", "test")
+    rule = ("maximal validation accuracy" if selection == "validation"
+            else "maximal test accuracy (the paper's rule)")
+    patience = (f"a run stops {t0['patience']} evaluations after its last best once it reached "
+                f"{t0['thresholds'][0]:.0%}" if t0.get("patience") is not None else "no early stop")
+    probes = (f"; trajectory probes every {t0['probe_every']} evaluations on {t0['probe_examples']:,} "
+              f"training examples" if t0.get("probe_every") else "")
+    every = t0["eval_every"]
+    return (f"{split}; evaluated every {every} epoch{'s' if every != 1 else ''}, at most "
+            f"{t0['epochs']} epochs; {patience}; thresholds {', '.join(f'{t:.0%}' for t in t0['thresholds'])} "
+            f"(a run counts at the first it reaches); checkpoint: the evaluation of {rule} at or above "
+            f"the threshold{probes}; seeds {list(seeds)}; curvature on {m0['curvature_examples']:,} "
+            f"training examples ({m0['lanczos_iters']} Lanczos steps, {m0['trace_samples']} Hutchinson "
+            f"probes), slope over {m0['slope_directions']} random directions at radius "
+            f"{m0['slope_radius']:g}, noise σ ∈ {list(m0['sigmas'])} ({m0['noise_mode']}, "
+            f"{m0['noise_draws']} draws)")
+
+
 def describe(configs: Sequence[Mapping[str, Any]]) -> str:
-    """One sentence describing a grid (for captions and the chapter's protocol paragraph)."""
+    """What a grid runs, with everything that shapes its results (for captions and the chapter's
+    protocol paragraph, so they cannot drift from the grid)."""
     trains = [c["train"] for c in configs]
     widths = sorted({t["width"] for t in trains})
     lrs = sorted({t["learning_rate"] for t in trains}, reverse=True)
     seeds = sorted({t["seed"] for t in trains})
     t0 = trains[0]
-    n_train = t0["n_train"] or 60_000
-    return (f"{len(configs)} runs: widths {widths}, learning rates {lrs}, {len(seeds)} seeds; "
-            f"{t0['depth']} hidden layers, {t0['optimizer'].upper()} batch {t0['batch_size']}, "
-            f"{n_train} training examples, at most {t0['epochs']} epochs")
+    return (f"{len(configs)} runs: widths {widths}, learning rates {lrs}; {t0['depth']} hidden "
+            f"layers, {t0['method'].upper()} batch {t0['batch_size']}; "
+            + protocol(t0, configs[0]["measure"], seeds, 60_000, FULL_TEST))
