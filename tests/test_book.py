@@ -9,6 +9,7 @@ import contextlib
 import functools
 import http.server
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -37,6 +38,11 @@ pytestmark = pytest.mark.book
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 SCREENSHOT = ARTIFACTS / "screenshot-intro.png"
+#: Every page is looked at on a laptop and on a phone; full-page screenshots of each go to
+#: build/screenshots/<set>/<width>/ (``IGR_SCREENSHOT_SET``, default "latest": e.g. before/after).
+WIDTHS = (1280, 390)
+SCREENSHOTS = ARTIFACTS / "screenshots" / os.environ.get("IGR_SCREENSHOT_SET", "latest")
+MAX_SHOT_HEIGHT = 12000  # px: long chapters are cut here, enough to see tables and figures
 
 
 def soup(path: Path) -> BeautifulSoup:
@@ -74,6 +80,58 @@ def test_bad_profile_or_text_backend_stops_the_build(monkeypatch, tmp_path: Path
     monkeypatch.setenv("MPLBACKEND", "Agg")
     igr_book.check_environment(app, SimpleNamespace(nb_execution_cache_path=""))
     assert "MPLBACKEND=Agg" in caplog.text  # a warning, so an error under -W
+
+
+def test_placeholder_repository_hides_binder_and_repository_buttons(monkeypatch, tmp_path) -> None:
+    monkeypatch.setenv("IGR_PROFILE", "smoke")
+    app = SimpleNamespace(outdir=str(tmp_path))
+    for url, shown in (("", False), ("https://github.com/executablebooks/jupyter-book", False),
+                       ("https://github.com/someone/igr-book", True)):
+        theme = {"repository_url": url, "use_repository_button": True,
+                 "launch_buttons": {"binderhub_url": "https://mybinder.org"}}
+        config = SimpleNamespace(nb_execution_cache_path="", html_theme_options=theme)
+        igr_book.check_environment(app, config)
+        opts = config.html_theme_options
+        assert opts["use_repository_button"] is shown
+        assert bool(opts["repository_url"]) is shown
+        assert opts["launch_buttons"]["binderhub_url"], "launch settings offer the .ipynb download"
+
+
+def fake_env() -> SimpleNamespace:
+    """The parts of a Sphinx environment that the notebook cleaner reads."""
+    from docutils.nodes import Text
+    return SimpleNamespace(
+        domaindata={"std": {"labels": {"fig-a": ("book/mnist_igr", "fig-a", "")}},
+                    "math": {"objects": {"modified-loss": ("book/tour", 1)}}},
+        toc_fignumbers={"book/mnist_igr": {"figure": {"fig-a": (4, 2)}},
+                        "book/tour": {"displaymath": {"equation-modified-loss": (2, 1)}}},
+        titles={"book/bea": Text("Backward error analysis")})
+
+
+@pytest.mark.parametrize("role, content, plain", [
+    ("numref", "fig-a", "Figure 4.2"),
+    ("numref", "panel %s <fig-a>", "panel 4.2"),
+    ("eq", "modified-loss", "(2.1)"),
+    ("cite", "barrett2021implicit,cohen2021gradient", "[barrett2021implicit, cohen2021gradient]"),
+    ("doc", "bea", "[Backward error analysis](bea.ipynb)"),
+    ("doc", "the BEA chapter <bea>", "[the BEA chapter](bea.ipynb)"),
+    ("math", r"\lambda", r"\lambda"),
+])
+def test_myst_roles_become_plain_markdown(role: str, content: str, plain: str) -> None:
+    assert igr_book.plain_role(fake_env(), "book/mnist_igr", role, content) == plain
+
+
+def test_downloaded_notebook_is_cleaned(tmp_path: Path) -> None:
+    import nbformat
+    notebook = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_markdown_cell("As {numref}`fig-a` shows, see {doc}`bea`.\n\n$$\nE\n$$ (modified-loss)"),
+        nbformat.v4.new_code_cell("x = '{numref}`kept in code`'")])
+    path = tmp_path / "mnist_igr.ipynb"
+    nbformat.write(notebook, path)
+    igr_book.clean_notebook(path, fake_env(), "book/mnist_igr")
+    cells = nbformat.read(path, as_version=4).cells
+    assert cells[0].source == "As Figure 4.2 shows, see [Backward error analysis](bea.ipynb).\n\n$$\nE\n$$"
+    assert cells[1].source == "x = '{numref}`kept in code`'"
 
 
 def test_every_toc_page_is_built(smoke_book: Path) -> None:
@@ -127,26 +185,51 @@ def test_each_chapter_offers_its_executed_notebook(smoke_book: Path) -> None:
         cells = json.loads(ipynb.read_text())["cells"]
         assert any(c.get("outputs") for c in cells if c["cell_type"] == "code"), \
             f"{name}.ipynb holds no outputs"
+        markdown = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        left = igr_book.MYST_ROLE.findall(markdown) + igr_book.MYST_EQ_LABEL.findall(markdown)
+        assert not left, f"{name}.ipynb keeps MyST syntax Jupyter cannot render: {left[:5]}"
         links = [a.get("href", "") for a in soup(smoke_book / "book" / f"{name}.html").find_all("a")]
         assert any(h.endswith(f"_sources/book/{name}.ipynb") for h in links), f"{name}: no link"
 
 
-def test_gallery_shows_every_saved_figure(smoke_book: Path, sandbox: Path) -> None:
-    index = figures.read_index(sandbox / "figures")
+def test_gallery_shows_every_saved_figure_in_both_variants(smoke_book: Path) -> None:
+    index = figures.read_index("smoke")
     if "book/tour" in toc_files(TOC):
         assert "tour-modified-loss" in index
     gallery = soup(smoke_book / "book" / "gallery.html")
     base = "book/gallery.html"
+    hrefs_all = [a["href"] for a in gallery.find_all("a", href=True)]
+    assert not [h for h in hrefs_all if "figures/cpu/" in h or "figures/paper/" in h], \
+        "the smoke build's gallery links another profile's figures"
     for fig_id, entry in index.items():
         section = gallery.find(id=f"gallery-{fig_id}")
         assert section is not None, f"{fig_id} missing from the gallery"
         assert entry["profile"] == "smoke" and "smoke" in section.get_text()
         assert entry["caption"] in section.get_text()
         hrefs = {a["href"] for a in section.find_all("a", href=True)}
-        for name in entry["files"].values():
-            href = next(h for h in hrefs if h.endswith(f"figures/{name}"))
-            assert (smoke_book / urljoin(base, href)).is_file(), href
-        assert section.find("img")["src"].endswith(f"figures/{fig_id}.png")
+        assert set(entry["variants"]) == {"paper", "slide"}, fig_id
+        for variant in entry["variants"].values():
+            for name in variant["files"].values():
+                href = next(h for h in hrefs if h.endswith(f"figures/smoke/{name}"))
+                assert (smoke_book / urljoin(base, href)).is_file(), href
+        assert section.find("img")["src"].endswith(f"figures/smoke/{fig_id}.png")
+
+
+def test_every_saved_figure_is_legible(smoke_book: Path) -> None:
+    """Every chapter's figure, as saved from the smoke run: no text over another text, a 16:9
+    slide with projection-size fonts and nothing cut at its edge."""
+    index = figures.read_index("smoke")
+    assert index, "no figure was saved"
+    problems = {}
+    for fig_id, entry in index.items():
+        for variant, saved in entry["variants"].items():
+            layout = saved["layout"]
+            bad = {k: layout[k] for k in ("overlaps", "outside") if layout[k]}
+            if variant == "slide" and layout["min_font_pt"] < figures.SLIDE_MIN_PT:
+                bad["min_font_pt"] = layout["min_font_pt"]
+            if bad:
+                problems[f"{fig_id}/{variant}"] = bad
+    assert not problems, problems
 
 
 def test_status_page_reports_the_build(smoke_book: Path) -> None:
@@ -157,11 +240,19 @@ def test_status_page_reports_the_build(smoke_book: Path) -> None:
     assert re.search(r"device\s+\d+ × \S+", text)
     rows = {a["href"].split("#")[0]: a.find_parent("tr").get_text(" ")
             for a in status.select("table a[href]") if a.find_parent("tr")}
+    index = figures.read_index("smoke")
     for name in chapters(TOC):
         row = rows.get(f"{name}.html")
         assert row is not None, f"{name} missing from the execution table"
         # nbval executed it; the build took its outputs from the primed cache
         assert row.split()[-1] == "ok" and "from the cache" in row, row
+        source = (ROOT / "book" / f"{name}.md").read_text()
+        stored = [e["runs"] for i, e in index.items() if e["runs"] and f'"{i}"' in source]
+        if stored:
+            assert re.search(r"rendered \d+ stored records computed \d{4}-\d\d-\d\d", row), row
+            assert all(c[:12] in row for r in stored for c in r["commits"]), row
+        else:
+            assert "computed when the chapter executed" in row, row
 
 
 # --- a real browser ----------------------------------------------------------------------------
@@ -193,7 +284,27 @@ PAGE_REPORT_JS = r"""(async () => {
     untypeset: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
     rawTex: (prose.innerText.match(/\$\$|\\begin\{|\\\[|\\\(/g) || []).length,
     figureAsText: (main.innerText.match(/<Figure size [^>]*>/g) || []),
+    // how far the page itself scrolls sideways: wide tables and equations must scroll in their box
+    overflow: document.documentElement.scrollWidth - window.innerWidth,
+    wide: [...main.querySelectorAll('*')].filter(e => {
+      const r = e.getBoundingClientRect();
+      return r.right > window.innerWidth + 1 && getComputedStyle(e).position !== 'fixed'
+        && !e.closest('.igr-lightbox') && !(e.parentElement && e.parentElement.closest(
+          '[style*="overflow"], table, .highlight, .math, mjx-container, .cell_output .output'))
+        && !['auto', 'scroll'].includes(getComputedStyle(e.parentElement || e).overflowX);
+    }).slice(0, 5).map(e => e.tagName + '.' + e.className),
   };
+})()"""
+
+# Clicks the first figure of the page: the full-size view must open, in the page.
+LIGHTBOX_JS = r"""(() => {
+  const img = document.querySelector('.bd-article img.igr-zoomable');
+  if (!img) return null;
+  img.click();
+  const box = document.querySelector('.igr-lightbox');
+  const open = !!box && !box.hidden && box.querySelector('img').getAttribute('src') !== null;
+  if (box) box.click();
+  return {open: open, closed: !!box && box.hidden, url: location.href};
 })()"""
 
 
@@ -249,21 +360,37 @@ async def visit_pages(port_file: Path, urls: dict[str, str]) -> tuple[dict, list
     await cdp.call("Network.enable", session)
     await cdp.call("Page.enable", session)
     reports = {}
-    for entry, url in urls.items():
-        await cdp.call("Page.navigate", session, url=url)
-        for _ in range(600):
-            state = await cdp.call("Runtime.evaluate", session, expression="document.readyState",
-                                   returnByValue=True)
-            if state["result"]["value"] == "complete":
-                break
-            await asyncio.sleep(0.1)
-        result = await cdp.call("Runtime.evaluate", session, expression=PAGE_REPORT_JS,
-                                awaitPromise=True, returnByValue=True)
-        reports[entry] = result["result"]["value"]
-        if entry == "book/intro":
-            shot = await cdp.call("Page.captureScreenshot", session, format="png")
-            SCREENSHOT.parent.mkdir(exist_ok=True)
-            SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+    for width in WIDTHS:
+        await cdp.call("Emulation.setDeviceMetricsOverride", session, width=width, height=900,
+                       deviceScaleFactor=1, mobile=width < 600)
+        for entry, url in urls.items():
+            await cdp.call("Page.navigate", session, url=url)
+            for _ in range(600):
+                state = await cdp.call("Runtime.evaluate", session,
+                                       expression="document.readyState", returnByValue=True)
+                if state["result"]["value"] == "complete":
+                    break
+                await asyncio.sleep(0.1)
+            result = await cdp.call("Runtime.evaluate", session, expression=PAGE_REPORT_JS,
+                                    awaitPromise=True, returnByValue=True)
+            report = result["result"]["value"]
+            if width == WIDTHS[0]:
+                box = await cdp.call("Runtime.evaluate", session, expression=LIGHTBOX_JS,
+                                     returnByValue=True)
+                report["lightbox"] = box["result"].get("value")
+                if entry == "book/intro":
+                    shot = await cdp.call("Page.captureScreenshot", session, format="png")
+                    SCREENSHOT.parent.mkdir(exist_ok=True)
+                    SCREENSHOT.write_bytes(base64.b64decode(shot["data"]))
+            reports[entry if width == WIDTHS[0] else f"{entry}@{width}"] = report
+            size = (await cdp.call("Page.getLayoutMetrics", session))["cssContentSize"]
+            shot = await cdp.call("Page.captureScreenshot", session, format="png",
+                                  captureBeyondViewport=True, clip={
+                                      "x": 0, "y": 0, "width": width, "scale": 1,
+                                      "height": min(size["height"], MAX_SHOT_HEIGHT)})
+            target = SCREENSHOTS / str(width) / f"{entry.replace('/', '-')}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(base64.b64decode(shot["data"]))
     requested = [e["params"]["request"]["url"] for e in cdp.events
                  if e.get("method") == "Network.requestWillBeSent"]
     await cdp.call("Browser.close")
@@ -311,8 +438,24 @@ def browser_visit(smoke_book: Path, tmp_path_factory: pytest.TempPathFactory):
             "net_log": read_net_log(net_log)}
 
 
-def test_browser_renders_figures_and_math(browser_visit) -> None:
+def test_pages_fit_a_laptop_and_a_phone(browser_visit) -> None:
+    """Wide tables, equations and figures scroll in their own box: the page never scrolls sideways."""
+    for entry, report in browser_visit["reports"].items():
+        assert report["overflow"] <= 1, f"{entry}: the page scrolls sideways by " \
+            f"{report['overflow']} px; too wide: {report['wide']}"
+
+
+def test_every_figure_opens_full_size_in_the_page(browser_visit) -> None:
     reports = browser_visit["reports"]
+    for name in chapters(TOC):
+        box = reports[f"book/{name}"]["lightbox"]
+        if reports[f"book/{name}"]["outputImages"]:
+            assert box and box["open"] and box["closed"], f"{name}: no full-size view: {box}"
+            assert box["url"].endswith(f"{name}.html"), "the click left the page"
+
+
+def test_browser_renders_figures_and_math(browser_visit) -> None:
+    reports = {e: r for e, r in browser_visit["reports"].items() if "@" not in e}
     for entry, report in reports.items():
         broken = [i["src"] for i in report["images"] if not (i["w"] > 0 and i["h"] > 0)]
         assert not broken, f"{entry}: images that did not load: {broken}"

@@ -1,4 +1,5 @@
-"""igrlib.io.figures: three files per figure, a profile label on it, an index entry, clean failures."""
+"""igrlib.io.figures: two variants × three files per figure, per profile, a corner label, an index
+entry with both provenances, no rewrite of an unchanged figure, clean failures."""
 
 from __future__ import annotations
 
@@ -8,137 +9,172 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
-from igrlib.io import figures
 from igrlib.config import ConfigError
+from igrlib.io import figures
 
 
 @pytest.fixture
 def figdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("IGR_FIGURES_DIR", str(tmp_path / "figs"))
-    return tmp_path / "figs"
-
-
-@pytest.fixture
-def fig():
     figures.use_style()
-    figure, ax = plt.subplots(figsize=(4, 3))
-    ax.plot([0, 1, 2], [0, 1, 4])
-    yield figure
-    plt.close(figure)
+    yield tmp_path / "figs"
+    plt.close("all")
+
+
+def draw(variant: str, slope: float = 2.0):
+    fig, (ax,) = figures.subplots(1, variant)
+    ax.plot([0, 1, 2], [0, slope, 2 * slope])
+    ax.set(xlabel="x", ylabel="y")
+    return fig
 
 
 def labels(figure) -> list[str]:
     return [t.get_text() for t in figure.texts if t.get_gid() == figures.LABEL_GID]
 
 
-def test_save_writes_three_files_and_an_index_entry(figdir: Path, fig) -> None:
-    paths = figures.save(fig, "fig2a", profile="cpu", caption="R_IG against λ")
-    assert paths == {fmt: figdir / f"fig2a.{fmt}" for fmt in ("pdf", "svg", "png")}
-    assert paths["pdf"].read_bytes().startswith(b"%PDF")
-    assert b"<svg" in paths["svg"].read_bytes()
-    with Image.open(paths["png"]) as png:
-        dpi = png.info["dpi"]
-        assert png.width > 4 * figures.PNG_DPI * 0.8  # a 4-inch-wide figure at 300 dpi
-    assert np.allclose(dpi, (figures.PNG_DPI, figures.PNG_DPI), atol=0.5)
-    for path in paths.values():
-        assert stat.S_IMODE(path.stat().st_mode) == 0o644
-    assert not list(figdir.glob(".tmp-*")), "temporary files left behind"
+def test_save_writes_both_variants_per_profile_and_an_index_entry(figdir: Path) -> None:
+    fig = figures.save(draw, "fig2a", profile="cpu", caption="R_IG against λ")
+    folder = figdir / "cpu"
+    for variant, stem in (("paper", "fig2a"), ("slide", "fig2a-slide")):
+        assert (folder / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+        svg = (folder / f"{stem}.svg").read_text()
+        assert "<text" in svg and "profile: cpu" in svg, "SVG text must be real text"
+        for fmt in figures.FORMATS:
+            assert stat.S_IMODE((folder / f"{stem}.{fmt}").stat().st_mode) == 0o644
+    with Image.open(folder / "fig2a-slide.png") as png:
+        assert np.allclose(png.info["dpi"], (figures.PNG_DPI,) * 2, atol=0.5)
+        assert png.width / png.height == pytest.approx(16 / 9, rel=2e-3)
+        assert png.width == pytest.approx(figures.SLIDE_SIZE_IN[0] * figures.PNG_DPI, rel=1e-3)
+    assert not list(folder.glob(".tmp-*")), "temporary files left behind"
+    assert plt.fignum_exists(fig.number), "the paper figure stays open for the notebook"
+    assert len(plt.get_fignums()) == 1, "the slide figure is closed"
 
-    entry = json.loads((figdir / "index.json").read_text())["fig2a"]
+    entry = figures.read_index("cpu")["fig2a"]
+    assert entry == json.loads((folder / "index.json").read_text())["fig2a"]
     assert entry["caption"] == "R_IG against λ" and entry["profile"] == "cpu"
-    assert entry["dataset"] is None
-    assert entry["files"] == {"pdf": "fig2a.pdf", "svg": "fig2a.svg", "png": "fig2a.png"}
-    prov = entry["provenance"]
-    assert prov["igrlib_version"] and prov["date"] and "git_commit" in prov
-    assert prov["packages"]["jax"]
-    assert figures.read_index(figdir) == json.loads((figdir / "index.json").read_text())
+    assert entry["variants"]["slide"]["files"]["png"] == "fig2a-slide.png"
+    drawn = entry["variants"]["paper"]["drawn"]
+    assert drawn["igrlib_version"] and drawn["date"] and "git_commit" in drawn
+    assert entry["variants"]["slide"]["layout"]["min_font_pt"] >= figures.SLIDE_MIN_PT
+    assert entry["runs"] is None
 
 
-def test_label_names_profile_and_dataset_and_is_replaced_not_stacked(figdir: Path, fig) -> None:
-    figures.save(fig, "cifar-acc", profile="smoke", caption="accuracy",
-                 dataset="CIFAR-10 (JPEG copy)")
+def test_profiles_never_share_files(figdir: Path) -> None:
+    figures.save(draw, "same-id", profile="cpu", caption="cpu figure")
+    cpu_png = (figdir / "cpu" / "same-id.png").read_bytes()
+    figures.save(lambda v: draw(v, slope=-1.0), "same-id", profile="smoke", caption="smoke figure")
+    assert (figdir / "cpu" / "same-id.png").read_bytes() == cpu_png
+    assert figures.read_index("cpu")["same-id"]["caption"] == "cpu figure"
+    assert figures.read_index("smoke")["same-id"]["caption"] == "smoke figure"
+
+
+def test_unchanged_figure_is_not_rewritten_a_changed_one_is(figdir: Path) -> None:
+    figures.save(draw, "stable", profile="smoke", caption="c")
+    files = sorted((figdir / "smoke").glob("stable*"))
+    before = {p: p.stat().st_mtime_ns for p in files}
+    drawn = figures.read_index("smoke")["stable"]["variants"]["paper"]["drawn"]
+    figures.save(draw, "stable", profile="smoke", caption="new caption")
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    entry = figures.read_index("smoke")["stable"]
+    assert entry["caption"] == "new caption" and entry["variants"]["paper"]["drawn"] == drawn
+    figures.save(lambda v: draw(v, slope=5.0), "stable", profile="smoke", caption="c")
+    assert (figdir / "smoke" / "stable.svg").stat().st_mtime_ns != before[figdir / "smoke" / "stable.svg"]
+
+
+def test_runs_provenance_is_summarised(figdir: Path) -> None:
+    runs = pd.DataFrame({"provenance": [
+        {"git_commit": "abc", "date": "2026-11-20T10:00:00+00:00"},
+        {"git_commit": "def", "date": "2026-11-21T09:00:00+00:00"},
+        {"git_commit": "abc", "date": "2026-11-19T08:00:00+00:00"}]})
+    figures.save(draw, "with-runs", profile="cpu", caption="c", runs=runs)
+    assert figures.read_index("cpu")["with-runs"]["runs"] == {
+        "n": 3, "commits": ["abc", "def"], "first": "2026-11-19T08:00:00+00:00",
+        "last": "2026-11-21T09:00:00+00:00"}
+
+
+def test_label_names_profile_and_dataset_in_the_bottom_right_corner(figdir: Path) -> None:
+    fig = figures.save(draw, "cifar-acc", profile="smoke", caption="accuracy",
+                       dataset="CIFAR-10 (JPEG copy)")
     assert labels(fig) == ["profile: smoke · CIFAR-10 (JPEG copy)"]
-    # matplotlib writes each text's string as a comment beside its glyph paths
-    assert "profile: smoke · CIFAR-10 (JPEG copy)" in (figdir / "cifar-acc.svg").read_text()
-    figures.save(fig, "cifar-acc", profile="paper", caption="accuracy")
-    assert labels(fig) == ["profile: paper"]
-    svg = (figdir / "cifar-acc.svg").read_text()
-    assert "profile: paper" in svg and "profile: smoke" not in svg
-    assert figures.read_index(figdir)["cifar-acc"]["profile"] == "paper"
+    slide = figures.render(draw, "slide", "profile: paper")
+    (label,) = [t for t in slide.texts if t.get_gid() == figures.LABEL_GID]
+    assert label.get_fontsize() >= figures.SLIDE_MIN_PT
+    box = label.get_window_extent(slide.canvas.get_renderer())
+    width, height = slide.canvas.get_width_height()
+    assert box.x1 <= width and box.x0 > width / 2 and 0 <= box.y0 and box.y1 < 0.1 * height
 
 
-def test_the_label_is_drawn_in_the_png(figdir: Path, fig) -> None:
-    """The saved PNG differs from the same figure with a transparent label only in the corner."""
-    paths = figures.save(fig, "with-label", profile="smoke", caption="c")
-    with Image.open(paths["png"]) as png:
+def test_the_label_is_drawn_in_the_slide_png(figdir: Path) -> None:
+    """The saved slide differs from the same drawing without a label only in the bottom corner."""
+    figures.save(draw, "with-label", profile="smoke", caption="c")
+    with Image.open(figdir / "smoke" / "with-label-slide.png") as png:
         with_label = np.asarray(png.convert("L"), dtype=float)
-    (label,) = [t for t in fig.texts if t.get_gid() == figures.LABEL_GID]
-    label.set_alpha(0)  # keeps the tight bounding box, draws nothing
-    fig.savefig(figdir / "bare.png", dpi=figures.PNG_DPI)
+    bare = figures.render(draw, "slide", " ")
+    bare.savefig(figdir / "bare.png", dpi=figures.PNG_DPI)
     with Image.open(figdir / "bare.png") as png:
-        bare = np.asarray(png.convert("L"), dtype=float)
-    assert with_label.shape == bare.shape
-    rows, cols = np.nonzero(np.abs(with_label - bare) > 50)
-    h, w = bare.shape
+        bare_px = np.asarray(png.convert("L"), dtype=float)
+    rows, cols = np.nonzero(np.abs(with_label - bare_px) > 50)
+    h, w = bare_px.shape
     assert rows.size > 50, "no label ink in the saved PNG"
-    assert rows.min() > 0.85 * h and cols.min() > 0.5 * w, "ink outside the bottom-right corner"
+    assert rows.min() > 0.9 * h and cols.min() > 0.5 * w, "ink outside the bottom-right corner"
 
 
-def test_index_keeps_other_figures(figdir: Path, fig) -> None:
-    figures.save(fig, "a-one", profile="smoke", caption="first")
-    figures.save(fig, "b-two", profile="cpu", caption="second")
-    index = figures.read_index(figdir)
-    assert sorted(index) == ["a-one", "b-two"]
-    assert index["a-one"]["caption"] == "first"
-
-
-def test_save_does_not_close_or_hide_the_figure(figdir: Path, fig) -> None:
-    figures.save(fig, "still-open", profile="smoke", caption="c")
-    assert plt.fignum_exists(fig.number)
-    assert len(fig.axes) == 1 and fig.axes[0].lines
+def test_save_needs_a_drawing_function(figdir: Path) -> None:
+    fig, _ = plt.subplots()
+    with pytest.raises(ConfigError, match="draw\\(variant\\)"):
+        figures.save(fig, "a-figure", profile="smoke", caption="c")
+    with pytest.raises(ConfigError, match="must return a matplotlib Figure"):
+        figures.save(lambda v: None, "a-figure", profile="smoke", caption="c")
+    assert not (figdir / "smoke" / "a-figure.png").exists()
 
 
 @pytest.mark.parametrize("fig_id", ["Fig2", "fig_2", "fig 2", "", "-fig", "fig--2", "fig-", "a/b", 3])
-def test_bad_id_raises_before_writing(figdir: Path, fig, fig_id) -> None:
+def test_bad_id_raises_before_drawing(figdir: Path, fig_id) -> None:
     with pytest.raises(ConfigError, match="figure id"):
-        figures.save(fig, fig_id, profile="smoke", caption="c")
-    assert not figdir.exists()
-    assert not labels(fig)
+        figures.save(draw, fig_id, profile="smoke", caption="c")
+    assert not figdir.exists() and not plt.get_fignums()
 
 
 @pytest.mark.parametrize("profile", ["gpu", "", None, "Smoke"])
-def test_bad_profile_raises(figdir: Path, fig, profile) -> None:
+def test_bad_profile_raises(figdir: Path, profile) -> None:
     with pytest.raises(ConfigError, match="profile"):
-        figures.save(fig, "ok-id", profile=profile, caption="c")
+        figures.save(draw, "ok-id", profile=profile, caption="c")
     assert not figdir.exists()
 
 
 @pytest.mark.parametrize("kwargs", [{"caption": "  "}, {"caption": "c", "dataset": ""}])
-def test_empty_caption_or_dataset_raises(figdir: Path, fig, kwargs) -> None:
+def test_empty_caption_or_dataset_raises(figdir: Path, kwargs) -> None:
     with pytest.raises(ConfigError):
-        figures.save(fig, "ok-id", profile="smoke", **kwargs)
+        figures.save(draw, "ok-id", profile="smoke", **kwargs)
 
 
-def test_failed_save_keeps_the_old_file(figdir: Path, fig, monkeypatch: pytest.MonkeyPatch) -> None:
-    figures.save(fig, "stable", profile="smoke", caption="c")
-    before = (figdir / "stable.pdf").read_bytes()
+def test_failed_save_keeps_the_old_files(figdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    figures.save(draw, "stable", profile="smoke", caption="c")
+    before = (figdir / "smoke" / "stable.pdf").read_bytes()
 
-    def broken(*args, **kwargs):
-        Path(args[0]).write_bytes(b"half a file")
-        raise OSError("disk full")
+    def broken(self, target, *args, **kwargs):
+        if isinstance(target, str):
+            Path(target).write_bytes(b"half a file")
+            raise OSError("disk full")
+        return real(self, target, *args, **kwargs)
 
-    monkeypatch.setattr(fig, "savefig", broken)
+    real = plt.Figure.savefig
+    monkeypatch.setattr(plt.Figure, "savefig", broken)
     with pytest.raises(OSError, match="disk full"):
-        figures.save(fig, "stable", profile="cpu", caption="c")
-    assert (figdir / "stable.pdf").read_bytes() == before
-    assert not list(figdir.glob(".tmp-*"))
-    assert figures.read_index(figdir)["stable"]["profile"] == "smoke"
+        figures.save(lambda v: draw(v, slope=7.0), "stable", profile="smoke", caption="c")
+    assert (figdir / "smoke" / "stable.pdf").read_bytes() == before
+    assert not list((figdir / "smoke").glob(".tmp-*"))
 
 
-def test_saving_twice_is_byte_identical(figdir: Path, fig) -> None:
-    first = {f: p.read_bytes() for f, p in figures.save(fig, "same", profile="smoke", caption="c").items()}
-    second = {f: p.read_bytes() for f, p in figures.save(fig, "same", profile="smoke", caption="c").items()}
-    assert first == second
+def test_saving_twice_is_byte_identical(figdir: Path) -> None:
+    figures.save(draw, "same", profile="smoke", caption="c")
+    first = {p.name: p.read_bytes() for p in (figdir / "smoke").glob("same*")}
+    for p in (figdir / "smoke").glob("same*"):
+        p.unlink()  # force a rewrite
+    figures.save(draw, "same", profile="smoke", caption="c")
+    second = {p.name: p.read_bytes() for p in (figdir / "smoke").glob("same*")}
+    assert first == second and len(first) == 6
