@@ -240,6 +240,34 @@ def equivalence(values: Sequence[float], margin: float, alpha: float = ALPHA) ->
     return mean, lo, hi, ok
 
 
+def equivalence_finding(claim: str, differences: Sequence[float], margin: float, unit: str,
+                        statistic: str, min_seeds: int = MIN_SEEDS, untestable: str | None = None) -> dict:
+    """A findings row for a claim that two arms do the same thing, from the per-seed paired
+    ``differences``: "reproduced" when the 90 % t-interval lies within ±``margin``
+    (:func:`equivalence`, at least ``min_seeds`` pairs), "not reproduced" when the 95 % interval
+    excludes 0 and the mean lies beyond the margin, "partly" when the mean lies within the
+    margin short of that, "no evidence" otherwise. ``p`` is the exact sign-flip p-value of a
+    difference (not of the equivalence). ``untestable``, a reason (:func:`far_from_minimum`),
+    makes the verdict "not testable at this budget"."""
+    d = np.asarray(differences, float)
+    d = d[np.isfinite(d)]
+    mean, lo90, hi90, same = equivalence(d, margin)
+    _, lo95, hi95 = t_interval(d)
+    if len(d) == 0:
+        found = "no evidence"
+    elif len(d) >= min_seeds and same:
+        found = "reproduced"
+    elif len(d) >= min_seeds and (lo95 > 0 or hi95 < 0) and abs(mean) > margin:
+        found = "not reproduced"
+    else:
+        found = "partly" if abs(mean) <= margin else "no evidence"
+    value = (f"{mean:+.3g} {unit}, 95 % [{lo95:+.3g}, {hi95:+.3g}], 90 % [{lo90:+.3g}, {hi90:+.3g}] "
+             f"({len(d)} seed pairs; equivalence margin ±{margin:g})" if len(d) else "no seed pair")
+    if untestable:
+        found, value = "not testable at this budget", f"{untestable}; {value}"
+    return dict(claim=claim, statistic=statistic, value=value, p=sign_flip_p(d), effect="", verdict=found)
+
+
 def holm(pvalues: Sequence[float]) -> np.ndarray:
     """Holm's step-down adjustment of a family of p-values (NaN entries pass through): controls
     the family-wise error rate under any dependence between the tests."""
@@ -295,8 +323,6 @@ def finding(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, statisti
     frame = frame.dropna(subset=[x, y])
     if len(frame) < 3:
         return {**row, "value": f"n={len(frame)} runs: too few"}
-    if about_minima and (reason := far_from_minimum(frame)):
-        return {**row, "value": reason, "verdict": "not testable at this budget"}
     if "seed" not in frame:  # one seed: per-seed ρ is the pooled ρ
         frame = frame.assign(seed=0)
     rhos = per_seed_spearman(frame, x, y)
@@ -312,6 +338,8 @@ def finding(claim: str, frame: pd.DataFrame, x: str, y: str, sign: int, statisti
                p=test.p_greater if sign > 0 else test.p_less, verdict=found)
     if effect is not None:
         row["effect"] = str(paired_effect(frame, x, y, scale=effect[0], unit=effect[1]))
+    if about_minima and (reason := far_from_minimum(frame)):
+        row.update(value=f"{reason}; {row['value']}", verdict="not testable at this budget")
     return row
 
 
