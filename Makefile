@@ -85,7 +85,7 @@ run: env data
 
 # The GPU machine itself runs scripts/gpu_recipe.sh (install, check, data, every paper chapter).
 wheels: env
-	bash scripts/gpu_recipe.sh --download build/wheels
+	PYTHON=$(PY) bash scripts/gpu_recipe.sh --download build/wheels $(ARGS)
 
 # Keeps the execution cache (_build/.jupyter_cache) and the results store.
 clean:

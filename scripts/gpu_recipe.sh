@@ -9,7 +9,8 @@
 #   * chapters: those importing an experiment with a `paper` grid (scripts/book_toc.py --paper).
 #
 #   scripts/gpu_recipe.sh                     # online: install, check the GPU, fetch data, run
-#   scripts/gpu_recipe.sh --dry-run           # print every step, run nothing (CI runs this)
+#   scripts/gpu_recipe.sh --dry-run           # print every step, run nothing (CI runs this;
+#                                             # it combines with the options below)
 #   scripts/gpu_recipe.sh --download DIR      # on a machine with internet: wheels for an offline
 #                                             # GPU machine (PYVER=3.12 for another Python there)
 #   scripts/gpu_recipe.sh --wheels DIR        # on the offline GPU machine: install from DIR
@@ -21,11 +22,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
-MODE=run DIR=
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
+MODE=run DIR= DRY=0
 while (($#)); do
   case "$1" in
-    --dry-run) MODE=dry ;;
+    --dry-run) DRY=1 ;;
     --download) MODE=download DIR=${2:?--download needs a folder}; shift ;;
     --wheels) DIR=${2:?--wheels needs a folder}; shift ;;
     -h|--help) usage 0 ;;
@@ -55,17 +56,18 @@ PYEOF
 
 step() {  # print a step; run it unless this is a dry run
   printf '+'; printf ' %q' "$@"; echo
-  [[ $MODE == dry ]] || "$@"
+  ((DRY)) || "$@"
 }
 
 if [[ $MODE == download ]]; then
   PLATFORMS=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
              --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64)
-  mkdir -p "$DIR"
-  cp "$REQ" "$DIR/requirements-gpu.txt"
+  step mkdir -p "$DIR"
+  step cp "$REQ" "$DIR/requirements-gpu.txt"
   step "$PYTHON" -m pip download -d "$DIR" --only-binary=:all: --python-version "$PYVER" \
     --implementation cp "${PLATFORMS[@]}" -c requirements.lock -r "$REQ" --disable-pip-version-check
-  echo "$(ls "$DIR"/*.whl | wc -l) wheels for Python $PYVER in $DIR. Copy the repository with $DIR"
+  ((DRY)) || echo "$(ls "$DIR"/*.whl | wc -l) wheels for Python $PYVER in $DIR."
+  echo "Copy the repository with $DIR"
   echo "and data/ to the GPU machine and run there: scripts/gpu_recipe.sh --wheels $DIR"
   exit 0
 fi
@@ -85,12 +87,12 @@ mapfile -t CHAPTERS < <("$PY" scripts/book_toc.py --paper)
 echo "chapters with a paper grid: ${CHAPTERS[*]}"
 read -r -a EXTRA <<<"${RUN_ARGS:-}"
 for chapter in "${CHAPTERS[@]}"; do
-  if [[ $MODE == dry ]]; then
+  if ((DRY)); then
     printf '+'; printf ' %q' "$PY" scripts/run_chapter.py "$chapter" --profile paper "${EXTRA[@]}"; echo
     "$PY" scripts/run_chapter.py "$chapter" --profile paper "${EXTRA[@]}" --dry-run
   else
     step "$PY" scripts/run_chapter.py "$chapter" --profile paper "${EXTRA[@]}"
   fi
 done
-[[ $MODE != dry ]] || { echo "Dry run: nothing was installed or run."; exit 0; }
+((!DRY)) || { echo "Dry run: nothing was installed or run."; exit 0; }
 echo "Done. Bring back data/results/paper/ (and build/runs/, figures/); then IGR_PROFILE=paper make book."
