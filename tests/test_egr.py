@@ -257,10 +257,13 @@ def test_tidy_adds_the_lambda_axis():
 def test_findings_on_synthetic_records():
     table = egr_mlp.findings(_fake_runs(), 0.95).set_index("claim")
     assert (table.loc[["EGR lowers R_IG", "EGR raises test accuracy (moderate μ)", "EGR flattens: slope falls",
-                       "EGR flattens: λ_max falls", "EGR ≈ larger h: one R_IG trend on the λ axis",
-                       "EGR ≈ larger h: one accuracy trend on the λ axis", "too large μ hurts"],
-                      "verdict"] == "reproduced").all(), table
-    # flip the accuracy trend: the verdict must follow
+                       "EGR flattens: λ_max falls"], "verdict"] == "reproduced").all(), table
+    # the synthetic runs depend on h + 4μ only: each EGR setting matches its plain rate, paired by seed
+    arm_rows = table[table.index.str.startswith("EGR ≈ larger h")]
+    assert len(arm_rows) == 6 and (arm_rows["verdict"] == "reproduced").all(), arm_rows
+    # two μ levels (0.12 kept, 0.5 not) in three seeds: a permutation test cannot go below 1/8
+    assert table.loc["too large μ hurts", "verdict"] == "partly"
+    # flip the accuracy trend: the verdicts must follow
     runs = _fake_runs()
     runs["test_acc"] = -runs["test_acc"]
     flipped = egr_mlp.findings(runs, 0.95).set_index("claim")
