@@ -1,11 +1,15 @@
-"""A tiny experiment for the sweep tests, and a script that runs its sweep to completion.
+"""Experiments for the sweep tests, and a script that runs a sweep to completion.
 
-Usage: ``python tests/_sweep_worker.py RESULTS_ROOT LOG_FILE``. Every ``run_group`` call appends
-the group's learning rate to LOG_FILE (flushed and synced), so a test can tell which programs
-a process actually ran.
+Usage: ``python tests/_sweep_worker.py RESULTS_ROOT LOG_FILE [tiny|fake [EXECUTOR [WORKERS]]]``.
+Every ``run_group`` call appends a line to LOG_FILE (flushed and synced; the file is named by
+``$IGR_TEST_SWEEP_LOG``, which worker processes inherit), so a test can tell which groups a
+process actually ran.
 
-The experiment: a width-16, 2-hidden-layer MLP on a 1000-image MNIST subset for 2 epochs, three
-learning rates × two seeds; one program per learning rate, its two seeds vmapped.
+``tiny`` (this module): a width-16, 2-hidden-layer MLP on a 1000-image MNIST subset for 2 epochs,
+three learning rates × two seeds; one program per learning rate, its two seeds vmapped. Logs the
+learning rate.
+
+``fake``: :data:`_fake_experiment.FAKE`, no training (cheap to start in a worker process).
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from igrlib.io import data
 from igrlib import sweep
-from igrlib.training import train
+from igrlib.io import data
 from igrlib.io.results import Store
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import train_group
+from _fake_experiment import LOG_ENV, log as _log
 
 NAME = "tiny"
 PROFILE = "smoke"
-LOG_ENV = "IGR_TEST_SWEEP_LOG"
 
 
 def grid() -> list[dict[str, Any]]:
@@ -38,16 +43,12 @@ def group_size(config: Mapping[str, Any]) -> int:
 
 
 def run_group(configs: Sequence[Mapping[str, Any]]) -> list[sweep.Outcome]:
-    log = os.environ.get(LOG_ENV)
-    if log:
-        with open(log, "a") as handle:
-            handle.write(f"{configs[0]['learning_rate']}\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+    _log(f"{configs[0]['learning_rate']}")
     subset = data.load("mnist", n_train=1000, n_test=500)
-    runs = train.train_group(
-        [train.TrainConfig(width=16, depth=2, batch_size=100, epochs=2, thresholds=(0.5,),
-                           learning_rate=c["learning_rate"], seed=c["seed"]) for c in configs],
+    runs = train_group(
+        [TrainConfig(width=16, depth=2, batch_size=100, epochs=2, thresholds=(0.5,),
+                     selection="test", learning_rate=c["learning_rate"], seed=c["seed"])
+         for c in configs],
         subset, progress=False)
     return [
         sweep.Outcome(
@@ -61,9 +62,17 @@ def run_group(configs: Sequence[Mapping[str, Any]]) -> list[sweep.Outcome]:
     ]
 
 
-def main(root: str, log: str) -> None:
+
+
+def main(root: str, log: str, which: str = "tiny", executor: str = "inline", workers: str = "1") -> None:
     os.environ[LOG_ENV] = log
-    sweep.run(sys.modules[__name__], grid(), store=Store(NAME, PROFILE, root=root), verbose=False)
+    import _fake_experiment
+    import _sweep_worker as me  # by its module name: worker processes import it as such
+
+    fake = _fake_experiment.FAKE
+    experiment, grid = (me, me.grid()) if which == "tiny" else (fake, fake.grid(sleep=0.5))
+    sweep.run(experiment, grid, store=Store(experiment.NAME, PROFILE, root=root), verbose=False,
+              executor=executor, workers=int(workers), progress_every=1e9)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from igrlib.io.results import Store, run_id
 WORKER = Path(worker.__file__).resolve()
 ROOT = WORKER.parents[1]
 COMPARED = ("id", "experiment", "config", "status", "status_step", "error", "metrics", "history",
-            "extra")
+            "extra", "group")
 
 
 class Flaky:
