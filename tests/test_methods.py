@@ -111,8 +111,8 @@ def test_egr_exact_products_match_dense_hessian(penalty_method):
 def test_egr_finite_difference_error_is_first_order_in_radius():
     params, loss, flat0, flat_loss = _problem()
     mu = 0.2
-    g, hess = jax.grad(flat_loss), jax.hessian(flat_loss)
-    exact = flat0 - LR * (g(flat0) + 2 * mu * hess(flat0) @ g(flat0))
+    g = jax.grad(flat_loss)
+    exact = flat0 - LR * (g(flat0) + 2 * mu * jax.hessian(flat_loss)(flat0) @ g(flat0))
     errors = []
     for eps in (1e-3, 5e-4):
         hp = {"mu": mu, "penalty_method": "finite_difference", "fd_radius": eps}
@@ -322,6 +322,11 @@ def test_stability_edge_normalised_ascent_is_boundedness(name, hp, radius):
     assert above[-1] > 1e3
 
 
-def test_adam_has_no_stability_quantity():
+def test_stability_takes_arrays_inside_jit_and_adam_has_none():
+    """Probes may compute s(h, λ) per run inside a jitted, vmapped program."""
+    momentum = methods.get("momentum")
+    h, lam, beta = jnp.asarray([0.1, 0.2]), jnp.asarray([10.0, 5.0]), jnp.asarray([0.9, 0.5])
+    got = jax.jit(lambda h, lam, beta: momentum.stability(h, lam, beta=beta))(h, lam, beta)
+    np.testing.assert_allclose(got, [1 / 1.9, 1 / 1.5], rtol=1e-14)
     assert methods.get("adam").stability(0.1, 10.0) is None
-    assert methods.get("momentum").stability(0.1, 10.0) == pytest.approx(0.1 * 10 / 1.9)
+    assert {methods.get("sgd"): 1}[methods.get("sgd")] == 1  # hashable: usable as a cache key

@@ -51,22 +51,19 @@ BATCHES = ("mini", "full", "any")
 
 
 class Range(NamedTuple):
-    """An interval of allowed values, ``[low, high)`` by default (``high = inf`` is always open)."""
+    """The interval of allowed values: ``[low, high)``, or ``(low, high)`` with ``low_open``;
+    values must also be finite."""
 
     low: float
     high: float = math.inf
     low_open: bool = False
-    high_open: bool = True
 
     def __contains__(self, value: object) -> bool:
         x = float(value)  # type: ignore[arg-type]
-        above = x > self.low if self.low_open else x >= self.low
-        below = x < self.high if self.high_open or math.isinf(self.high) else x <= self.high
-        return math.isfinite(x) and above and below
+        return math.isfinite(x) and (x > self.low if self.low_open else x >= self.low) and x < self.high
 
     def __str__(self) -> str:
-        closing = ")" if self.high_open or math.isinf(self.high) else "]"
-        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g}{closing}"
+        return f"{'(' if self.low_open else '['}{self.low:g}, {self.high:g})"
 
 
 POSITIVE = Range(0.0, low_open=True)
@@ -260,7 +257,11 @@ def _nesterov(learning_rate: Any, beta: Any) -> optax.GradientTransformation:
 
 
 def _egr(learning_rate: Any, mu: Any, fd_radius: Any, penalty_method: str) -> optax.GradientTransformation:
-    """E + μ‖∇E‖² by :func:`igrlib.training.egr.egr_transform` (reads ``value_fn``), then SGD."""
+    """E + μ‖∇E‖² by :func:`igrlib.training.egr.egr_transform` (reads ``value_fn``), then SGD.
+
+    ``fd_radius`` (ε, parameter units) is a numeric hyperparameter rather than an option so that
+    it can be vmapped like μ; it acts only with ``penalty_method="finite_difference"``.
+    """
     return optax.chain(egr_transform(mu, penalty_method, fd_radius=fd_radius), optax.sgd(learning_rate))
 
 
