@@ -379,6 +379,27 @@ def finish(rows: Sequence[dict], threshold: float | str) -> pd.DataFrame:
     return table
 
 
+def describe_rule() -> str:
+    """The verdict rule in a paragraph of Markdown, from this module's constants, for chapters."""
+    return (
+        "**How to read the verdicts.** Runs that share a seed share the initialisation and the data "
+        "order, so every statistic is computed within a seed first. *value* lists Spearman's ρ per "
+        "seed and in how many seeds it has the predicted sign; *p* is the one-sided p-value, in the "
+        "predicted direction, of a permutation test that shuffles x within each seed (exact when "
+        f"there are at most {EXACT_LIMIT:,} arrangements); *p_holm* adjusts it over the rows of the "
+        "table (Holm); *effect* is the paired within-seed difference between two learning rates "
+        "(accuracies in test images) with a 95 % Student-t interval over seeds. Verdicts: "
+        f"**reproduced**: at least {MIN_SEEDS} seeds and p ≤ {ALPHA:g}; **not reproduced**: the same "
+        "in the opposite direction (the seed rule blocks both); **partly**: more seeds trend the "
+        "predicted way than the other, short of that; **no evidence**: otherwise; **not testable at "
+        f"this budget**: a claim about minima whose runs end with a training loss above "
+        f"{MAX_TRAIN_LOSS:g} nats at a checkpoint; **unstable**: two disjoint seed sets disagree. A "
+        "claim that two arms do the same thing is an equivalence test (the 90 % interval of the "
+        "paired difference inside a stated margin). Confound rows say *confound present* or *not "
+        "detected*. With 3 seeds and only 2 learning rates in a row, no p-value can fall below 1/8: "
+        "such rows can say *partly* at most.")
+
+
 def compare_seed_sets(table_a: pd.DataFrame, table_b: pd.DataFrame,
                       keys: Sequence[str] = ("threshold", "claim")) -> pd.DataFrame:
     """Verdicts of one findings table computed on two disjoint seed sets A and B, side by side:
