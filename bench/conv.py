@@ -3,7 +3,7 @@ and in a Python loop of one jitted step.
 
 XLA on CPU runs a convolution inside a loop body several times slower than outside one
 (jax-ml/jax#12868), so igrlib trains convolutional networks on CPU from a Python loop over one
-jitted step (:func:`igrlib.training.train._build_program`). This section measures that choice: seconds
+jitted step (:attr:`igrlib.training.program.Program.steps_in_python`). This section measures that choice: seconds
 per SGD step of the CIFAR ResNet-18 (width multiplier ``width``) on mini-batches of random
 CIFAR-shaped data, for
 
@@ -24,8 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from bench import timing
-from igrlib.maths import models
-from igrlib.training import train
+from igrlib.maths import models, objectives
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import program
 
 
 def _data(n: int) -> tuple[jax.Array, jax.Array]:
@@ -38,20 +39,20 @@ def cases(width: float, steps: int, batch_size: int, learning_rate: float = 0.01
     """The three loops over the same ``steps`` batches of ``batch_size`` images."""
     n = steps * batch_size
     x, y = _data(n)
-    cfg = train.TrainConfig(dataset="cifar10", model="resnet18", width_multiplier=width,
-                            batch_size=batch_size, n_train=n, learning_rate=learning_rate)
-    init, advance, _, _ = train._build_program(cfg.program_key(), n, batched=False)
-    lr, mu, active = (jnp.asarray([learning_rate], jnp.float32), jnp.zeros(1, jnp.float32),
-                      jnp.ones(1, bool))
-    state = {"carry": init(jnp.zeros(1, jnp.uint32), lr, x[:2]), "epoch": 0}
+    cfg = TrainConfig(dataset="cifar10", model="resnet18", width_multiplier=width,
+                      batch_size=batch_size, n_train=n, learning_rate=learning_rate, selection="test")
+    prog = program(cfg.program_key(), n, batched=False)
+    hps = {k: jnp.asarray([v], jnp.float32) for k, v in cfg.vmapped().items()}
+    active = jnp.ones(1, bool)
+    state = {"carry": prog.init(jnp.zeros(1, jnp.uint32), hps, x[:2]), "epoch": 0}
 
     def igrlib() -> None:
-        state["carry"] = advance(state["carry"], lr, mu, active, state["epoch"], x, y)
+        state["carry"] = prog.advance(state["carry"], active, state["epoch"], x, y)
         state["epoch"] += 1
         jax.block_until_ready(state["carry"])
 
     model = models.resnet18(width)
-    loss_fn = train.make_loss_fn(model)
+    loss_fn = objectives.loss_fn(model)
     ids = jnp.arange(n).reshape(steps, batch_size)
 
     def sgd_step(carry, batch_ids):

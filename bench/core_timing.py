@@ -1,11 +1,11 @@
-"""Step-time numbers for issue 2's closing note: epoch time and the cost of the penalty gradient.
+"""Step-time numbers: epoch time and the cost of the penalty gradient.
 
 Run: ``.venv/bin/python bench/core_timing.py [--widths 50 200 800] [--reps 20]``.
 
 (a) Seconds per epoch of mini-batch SGD on the full MNIST training set (60,000 images, batch
-    512, 117 steps), 5-hidden-layer ReLU MLP, one run, through ``train``'s own jitted, scanned
-    ``advance`` program. The first epoch (compile) is reported apart; the figure is the mean of
-    epochs 2 and 3. One evaluation (loss and accuracy on the full train and test splits) is
+    512, 117 steps), 5-hidden-layer ReLU MLP, one run, through the training program's own
+    jitted, scanned ``advance`` (:func:`igrlib.training.program.program`). The first epoch
+    (compile) is reported apart; the figure is the mean of epochs 2 and 3. One evaluation (loss and accuracy on the full train and test splits) is
     timed too.
 (b) Time of one jitted SGD step of E + μ‖∇E‖² (EGR, μ = 0.01) with each penalty-gradient method,
     divided by the time of one plain SGD step, on the same batch of 512 MNIST images. After a
@@ -31,8 +31,9 @@ import numpy as np
 import optax
 
 from igrlib.io import data
-from igrlib.maths import losses
-from igrlib.training import train
+from igrlib.maths import losses, objectives
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import program
 
 BATCH = 512
 MU = 0.01
@@ -51,33 +52,34 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def epoch_times(width: int, mnist: data.Dataset) -> dict[str, float]:
     """Seconds for: the first epoch (with compile), epochs 2 and 3 (mean), one evaluation."""
-    cfg = train.TrainConfig(width=width, depth=5, batch_size=BATCH, epochs=3, learning_rate=0.1)
-    init, advance, evaluate, steps = train._build_program(cfg.program_key(), len(mnist.x_train),
-                                                          batched=False)
+    cfg = TrainConfig(width=width, depth=5, batch_size=BATCH, epochs=3, learning_rate=0.1,
+                      selection="test")
+    prog = program(cfg.program_key(), len(mnist.x_train), batched=False)
     x, y = jnp.asarray(mnist.x_train), jnp.asarray(mnist.y_train)
     one = jnp.ones(1, bool)
-    lr = jnp.asarray([cfg.learning_rate], jnp.float32)
-    carry = init(jnp.zeros(1, jnp.uint32), lr, x[:2])
+    hps = {k: jnp.asarray([v], jnp.float32) for k, v in cfg.vmapped().items()}
+    carry = prog.init(jnp.zeros(1, jnp.uint32), hps, x[:2])
     jax.block_until_ready(carry)
     times = []
     for epoch in range(3):
         start = time.perf_counter()
-        carry = advance(carry, lr, jnp.zeros(1, jnp.float32), one, epoch, x, y)
+        carry = prog.advance(carry, one, epoch, x, y)
         jax.block_until_ready(carry)
         times.append(time.perf_counter() - start)
-    splits = train.split(mnist.x_train, mnist.y_train), train.split(mnist.x_test, mnist.y_test)
-    _timed(lambda: evaluate(carry, *splits))  # compile
-    eval_s = _timed(lambda: evaluate(carry, *splits))
+    splits = {"train": objectives.split(mnist.x_train, mnist.y_train),
+              "test": objectives.split(mnist.x_test, mnist.y_test)}
+    _timed(lambda: prog.evaluate(carry, splits))  # compile
+    eval_s = _timed(lambda: prog.evaluate(carry, splits))
+    steps = prog.steps_per_epoch
     return {"steps": steps, "first_epoch_s": times[0], "epoch_s": float(np.mean(times[1:])),
             "eval_s": eval_s}
 
 
 def step_functions(width: int, xb: jax.Array, yb: jax.Array):
     """Jitted single SGD steps ``params -> params``: plain, then one per penalty method."""
-    cfg = train.TrainConfig(width=width, depth=5)
-    model = cfg.build_model()
+    model = TrainConfig(width=width, depth=5, selection="test").build_model()
     params, state = model.init(jax.random.key(0), xb[:2])
-    loss_fn = train.make_loss_fn(model)
+    loss_fn = objectives.loss_fn(model)
     tx = optax.sgd(STEP_LR)
     opt = tx.init(params)
 

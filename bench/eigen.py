@@ -14,20 +14,21 @@ forward-over-reverse over every batch).
 
 ``k_method`` is the first product count whose relative error is ≤ ``rtol``. Also reported: where
 PyHessian's stopping rule (relative change of ``λ_k`` between two products ≤ ``rtol``, the rule
-of :func:`~igrlib.maths.curvature.power_iteration`) would stop, and the true error there (None if it
-would not stop before the error reaches ``rtol``). igrlib's own
-:func:`~igrlib.maths.curvature.top_eigenvalues` and :func:`~igrlib.maths.curvature.power_iteration` are then
-run (Lanczos with ``k_lanczos`` steps, power iteration with its first ``check_iters`` products)
-and their values compared with the curves. Wall time to ``rtol``
-is ``k × t_hvp`` with ``t_hvp`` the median time of one product (both methods spend nearly all
-their time in products: Lanczos' reorthogonalisation costs ``O(k²m)`` flops, negligible next
-to a product's ``O(N·m)``).
+of :func:`power_iteration`) would stop, and the true error there (None if it would not stop
+before the error reaches ``rtol``). Two implementations are then run from the same key and
+compared with the curves (``implementation_check``): igrlib's
+:func:`~igrlib.maths.curvature.top_eigenvalues` (Lanczos with ``k_lanczos`` steps) and this
+module's :func:`power_iteration`, the PyHessian reference, with its first ``check_iters``
+products. Wall time to ``rtol`` is ``k × t_hvp`` with ``t_hvp`` the median time of one product
+(both methods spend nearly all their time in products: Lanczos' reorthogonalisation costs
+``O(k²m)`` flops, negligible next to a product's ``O(N·m)``).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +36,10 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from matfree import decomp
 
-from igrlib.maths import curvature, losses
 from igrlib.io import data as data_mod
-from igrlib.training.train import TrainConfig, train
+from igrlib.maths import curvature, losses
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import train
 
 
 def first_below(errors: np.ndarray, rtol: float) -> int | None:
@@ -46,11 +48,66 @@ def first_below(errors: np.ndarray, rtol: float) -> int | None:
     return int(hits[0]) + 1 if hits.size else None
 
 
+class PowerResult(NamedTuple):
+    """Power iteration's estimate ``λ`` (loss/param²), the products spent, and the residual
+    ``‖Hv − λv‖`` of the last vector multiplied."""
+
+    value: float
+    num_hvps: int
+    residual: float
+
+
+@partial(jax.jit, static_argnums=0)
+def _power(loss_fn, params, batches, key, max_iters, rtol):
+    flat, unravel = ravel_pytree(params)
+
+    def matvec(v):
+        return ravel_pytree(curvature.hvp(loss_fn, params, batches, unravel(v)))[0]
+
+    v = jax.random.normal(key, flat.shape, flat.dtype)
+    v = v / jnp.linalg.norm(v)
+
+    def not_converged(state):
+        i, _, value, previous, _ = state
+        return (i < max_iters) & ((i < 2) | (jnp.abs(value - previous) > rtol * jnp.abs(value)))
+
+    def step(state):
+        i, v, value, _, _ = state
+        w = matvec(v)
+        rayleigh = jnp.vdot(v, w)
+        return i + 1, w / jnp.linalg.norm(w), rayleigh, value, jnp.linalg.norm(w - rayleigh * v)
+
+    zero = jnp.zeros((), flat.dtype)
+    init = (jnp.asarray(0), v, zero, zero, zero)
+    i, _, value, _, residual = jax.lax.while_loop(not_converged, step, init)
+    return i, value, residual
+
+
+def power_iteration(loss_fn, params, batches, key: jax.Array, max_iters: int = 100,
+                    rtol: float = 1e-3) -> PowerResult:
+    """The dominant eigenvalue of ``H = ∇²E`` by power iteration, as PyHessian computes the top
+    eigenvalue: the reference this section compares Lanczos with.
+
+    From a Gaussian ``v`` drawn with ``key`` (the start vector of igrlib's Lanczos with the same
+    key), normalised, iterate ``w = Hv``, ``λ_k = vᵀw`` (the Rayleigh quotient), ``v ← w/‖w‖``.
+    Stopping rule (PyHessian's): stop after product ``k ≥ 2`` once
+    ``|λ_k − λ_{k−1}| ≤ rtol·|λ_k|``, or after ``max_iters`` products. It converges to the
+    eigenvalue of largest modulus, the top one unless the most negative eigenvalue is larger in
+    modulus; the rule stops on a slow change, not on a small error, which this section measures.
+    ``loss_fn(params, batch)`` and ``batches`` follow :mod:`igrlib.maths.curvature`.
+    """
+    if not (isinstance(max_iters, int) and max_iters >= 1 and rtol > 0):
+        raise ValueError(f"need max_iters >= 1 and rtol > 0, got {max_iters!r} and {rtol!r}")
+    i, value, residual = _power(loss_fn, params, batches, key, max_iters, rtol)
+    return PowerResult(float(value), int(i), float(residual))
+
+
 def _trained(width: int, n_train: int, n_test: int, epochs: int, eval_every: int,
              learning_rate: float, batch_size: int):
     data = data_mod.load("mnist", n_train=n_train, n_test=n_test)
     cfg = TrainConfig(width=width, n_train=n_train, n_test=n_test, epochs=epochs,
-                      eval_every=eval_every, learning_rate=learning_rate, batch_size=batch_size)
+                      eval_every=eval_every, learning_rate=learning_rate, batch_size=batch_size,
+                      selection="test")
     result = train(cfg, data, progress=False)
     model = cfg.build_model()
 
@@ -64,8 +121,8 @@ def run(width: int, n_train: int, hvp_batch: int, train_epochs: int, learning_ra
         ref_iters: int, power_max: int, rtol: float = 1e-3, seed: int = 0, batch_size: int = 512,
         n_test: int = 1000, eval_every: int | None = None, check_iters: int = 10) -> dict[str, Any]:
     """The whole section; see the module docstring. The network is trained by
-    :func:`igrlib.training.train.train` for ``train_epochs`` epochs (evaluated every ``eval_every``,
-    default only at the end, on ``n_test`` test examples). igrlib's power iteration is checked
+    :func:`igrlib.training.program.train` for ``train_epochs`` epochs (evaluated every ``eval_every``,
+    default only at the end, on ``n_test`` test examples). :func:`power_iteration` is checked
     against the curve over its first ``check_iters`` products."""
     data, loss_fn, params, train_acc = _trained(width, n_train, n_test, train_epochs,
                                                 eval_every or train_epochs, learning_rate, batch_size)
@@ -89,7 +146,7 @@ def run(width: int, n_train: int, hvp_batch: int, train_epochs: int, learning_ra
         w = matvec(params, batches, v)
         return w / jnp.linalg.norm(w), jnp.vdot(v, w)
 
-    # the start vector igrlib draws from `key` (curvature._lanczos / _power)
+    # the start vector top_eigenvalues and power_iteration draw from `key`
     v0 = jax.random.normal(key, flat.shape, flat.dtype)
     tridiagonal, lam_ref, residual_ref = jax.device_get(reference(params, batches, v0))
     lanczos_curve = np.array([np.linalg.eigvalsh(tridiagonal[:k, :k])[-1] for k in range(1, ref_iters + 1)])
@@ -107,7 +164,7 @@ def run(width: int, n_train: int, hvp_batch: int, train_epochs: int, learning_ra
             break
     power_err = np.abs(np.asarray(power_curve) - lam_ref) / abs(lam_ref)
     k_lanczos, k_power = first_below(lanczos_err, rtol), first_below(power_err, rtol)
-    # PyHessian's stopping rule, |λ_k − λ_{k−1}| ≤ rtol·|λ_k|, as igrlib.maths.curvature.power_iteration
+    # PyHessian's stopping rule, |λ_k − λ_{k−1}| ≤ rtol·|λ_k|, as power_iteration applies it
     changes = np.abs(np.diff(power_curve)) / np.abs(np.asarray(power_curve[1:]))
     stop = first_below(changes, rtol)
     t_hvp = float(np.median(hvp_s))
@@ -115,14 +172,14 @@ def run(width: int, n_train: int, hvp_batch: int, train_epochs: int, learning_ra
     check: dict[str, Any] = {}
     if k_lanczos is not None:
         top = curvature.top_eigenvalues(loss_fn, params, batches, key, num_iters=k_lanczos)
-        check["lanczos"] = {"igrlib": top.largest, "curve": float(lanczos_curve[k_lanczos - 1]),
+        check["lanczos"] = {"value": top.largest, "curve": float(lanczos_curve[k_lanczos - 1]),
                             "num_hvps": top.num_hvps}
-    # the first products suffice to show that the curve is igrlib's power iteration; a tolerance
-    # far below float32 resolution makes it spend exactly that many, unless λ stops changing
+    # the first products suffice to show that the curve is power_iteration's; a tolerance far
+    # below float32 resolution makes it spend exactly that many, unless λ stops changing
     k_check = min(len(power_curve), check_iters)
-    top = curvature.power_iteration(loss_fn, params, batches, key, max_iters=k_check, rtol=1e-12)
-    check["power"] = {"igrlib": top.largest, "curve": power_curve[k_check - 1],
-                      "num_hvps": top.num_hvps}
+    power = power_iteration(loss_fn, params, batches, key, max_iters=k_check, rtol=1e-12)
+    check["power"] = {"value": power.value, "curve": power_curve[k_check - 1],
+                      "num_hvps": power.num_hvps}
     return {
         "settings": {"width": width, "n_train": n_train, "hvp_batch": hvp_batch,
                      "train_epochs": train_epochs, "learning_rate": learning_rate,
@@ -144,5 +201,5 @@ def run(width: int, n_train: int, hvp_batch: int, train_epochs: int, learning_ra
         "hvp_s": t_hvp,
         "wall_s": {"lanczos": None if k_lanczos is None else k_lanczos * t_hvp,
                    "power": None if k_power is None else k_power * t_hvp},
-        "igrlib_check": check,
+        "implementation_check": check,
     }

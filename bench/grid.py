@@ -1,6 +1,6 @@
 """Section 3: a learning-rate × seed grid as one vmapped program vs the same runs one at a time.
 
-Each run is a real :func:`igrlib.training.train.train_group` run on an MNIST subset (training, periodic
+Each run is a real :func:`igrlib.training.program.train_group` run on an MNIST subset (training, periodic
 evaluation on both splits, status bookkeeping). Per width, timed interleaved, one call training
 the whole grid:
 
@@ -21,12 +21,13 @@ from typing import Any
 from bench import timing
 from igrlib.io import data as data_mod
 from igrlib.experiments import common
-from igrlib.training.train import TrainConfig, train_group
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import train_group
 
 
 def grid(width: int, learning_rates: Sequence[float], seeds: int, **train: Any) -> list[TrainConfig]:
     """The ``len(learning_rates) × seeds`` runs of one width, learning rate varying slowest."""
-    return [TrainConfig(width=width, learning_rate=lr, seed=s, **train)
+    return [TrainConfig(width=width, learning_rate=lr, seed=s, selection="test", **train)
             for lr in learning_rates for s in range(seeds)]
 
 

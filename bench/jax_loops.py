@@ -18,7 +18,8 @@ import optax
 
 from bench.timing import Case
 from igrlib.maths import losses
-from igrlib.training.train import TrainConfig, _build_program
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import program
 
 NUM_CLASSES = 10
 
@@ -32,39 +33,34 @@ def random_data(n: int, dim: int = 784, seed: int = 0) -> tuple[np.ndarray, np.n
 
 
 def igrlib_config(width: int, n_train: int, *, depth: int = 5, batch_size: int = 512,
-                  regularizer: str = "none", penalty_method: str = "hvp",
-                  learning_rate: float = 0.01, mu: float = 0.01) -> TrainConfig:
-    """The :class:`TrainConfig` of one epoch of mini-batch SGD (EGR with rate ``mu`` if asked)."""
+                  penalty_method: str | None = None, learning_rate: float = 0.01,
+                  mu: float = 0.01) -> TrainConfig:
+    """The :class:`TrainConfig` of one epoch of mini-batch SGD, or with ``penalty_method`` of
+    EGR (mini-batch SGD on ``E + μ‖∇E‖²``, the product ``H∇E`` formed by that method)."""
+    method = dict(method="sgd") if penalty_method is None else dict(
+        method="egr", hparams={"mu": mu, "penalty_method": penalty_method})
     return TrainConfig(width=width, depth=depth, batch_size=batch_size, learning_rate=learning_rate,
-                       regularizer=regularizer, mu=mu if regularizer == "egr" else 0.0,
-                       penalty_method=penalty_method, n_train=n_train, epochs=1, eval_every=1)
+                       n_train=n_train, epochs=1, eval_every=1, selection="test", **method)
 
 
 def igrlib_loop(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, runs: int = 1,
-                name: str = "igrlib", init_from: TrainConfig | None = None) -> Case:
+                name: str = "igrlib") -> Case:
     """igrlib's training program for ``runs`` copies of ``cfg`` (differing in seed): one call is
-    one jitted ``advance`` over an epoch, exactly what :func:`igrlib.training.train.train_group` calls
-    between evaluations.
-
-    ``init_from``: a config of the same model and optimiser whose program initialises the runs
-    instead of ``cfg``'s (the carry is the same whatever the regulariser), which spares compiling
-    the same initialisation once per penalty method.
-    """
-    _, advance, _, steps = _build_program(cfg.program_key(), len(x), batched=runs > 1)
-    init = _build_program((init_from or cfg).program_key(), len(x), batched=runs > 1)[0]
+    one jitted ``advance`` over an epoch, exactly what :func:`igrlib.training.program.train_group`
+    calls between evaluations."""
+    prog = program(cfg.program_key(), len(x), batched=runs > 1)
     seeds = jnp.arange(runs, dtype=jnp.uint32)
-    lrs = jnp.full(runs, cfg.learning_rate, jnp.float32)
-    mus = jnp.full(runs, cfg.mu, jnp.float32)
+    hps = {k: jnp.full(runs, v, jnp.float32) for k, v in cfg.vmapped().items()}
     active = jnp.ones(runs, bool)
     xd, yd = jnp.asarray(x), jnp.asarray(y)
-    state = {"carry": init(seeds, lrs, xd[:2]), "epoch": 0}
+    state = {"carry": prog.init(seeds, hps, xd[:2]), "epoch": 0}
 
     def call() -> None:
-        state["carry"] = advance(state["carry"], lrs, mus, active, state["epoch"], xd, yd)
+        state["carry"] = prog.advance(state["carry"], active, state["epoch"], xd, yd)
         state["epoch"] += 1
         jax.block_until_ready(state["carry"])
 
-    return Case(name, call, steps)
+    return Case(name, call, prog.steps_per_epoch)
 
 
 def haiku_mlp(width: int, depth: int = 5) -> hk.Transformed:

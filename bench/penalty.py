@@ -1,8 +1,9 @@
 """Section 2: the cost of a gradient-norm-penalty step, and the error of its finite-difference form.
 
 The step minimises ``E + μ‖∇E‖²`` (EGR; IGR's modified loss is the case ``μ = h/4``), whose
-gradient is ``∇E + 2μ·H∇E``. Per width, timed interleaved: igrlib's plain SGD step, igrlib's
-penalised step with each :data:`igrlib.maths.losses.PENALTY_METHODS`, and PyTorch's plain and
+gradient is ``∇E + 2μ·H∇E``. Per width, timed interleaved: igrlib's plain SGD step (method
+``"sgd"``), igrlib's penalised step (method ``"egr"``) with each
+:data:`igrlib.maths.losses.PENALTY_METHODS`, and PyTorch's plain and
 double-backprop steps. Reported: each penalised/plain time ratio, and
 ``t_igrlib,hvp / t_torch,double-backprop`` (target ≤ 1).
 
@@ -24,8 +25,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from bench import jax_loops, timing, torch_loop
-from igrlib.maths import losses, models
-from igrlib.training.train import make_loss_fn
+from igrlib.maths import losses, models, objectives
 
 METHODS = losses.PENALTY_METHODS
 
@@ -38,7 +38,7 @@ def fd_error(width: int, batch_size: int, mu: float, activation: str = "relu") -
     * ``penalised_gradient``: ``‖G_fd − G‖ / ‖G‖`` with ``G = ∇E + 2μ·H∇E``.
     """
     model = models.mlp(width, activation=activation)
-    loss_fn = make_loss_fn(model)
+    loss_fn = objectives.loss_fn(model)
     x, y = jax_loops.random_data(batch_size, seed=width)
     params, state = model.init(jax.random.key(width), jnp.asarray(x[:2]))
 
@@ -67,8 +67,8 @@ def measure(width: int, steps: int, repeats: int, batch_size: int, mu: float,
         if method is None:
             return jax_loops.igrlib_loop(plain, x, y, name="plain")
         cfg = jax_loops.igrlib_config(width, len(x), batch_size=batch_size, mu=mu,
-                                      regularizer="egr", penalty_method=method)
-        return jax_loops.igrlib_loop(cfg, x, y, name=method, init_from=plain)
+                                      penalty_method=method)
+        return jax_loops.igrlib_loop(cfg, x, y, name=method)
 
     cases = [igrlib(None), *(igrlib(m) for m in methods),
              torch_loop.torch_loop(width, x, y, batch_size=batch_size),
