@@ -28,6 +28,10 @@ TOC ?= _toc.yml
 CHAPTER ?=
 PROFILE ?= $(IGR_PROFILE)
 ARGS ?=
+# make run: where the chapter's sweeps run (inline | process | submitit | dask; empty: inline)
+# and with how many workers; the chapter's sweep.run reads them as $IGR_EXECUTOR, $IGR_WORKERS
+EXECUTOR ?=
+WORKERS ?=
 PYTEST_ARGS ?=
 
 # sha256sum (GNU coreutils) where it exists, else `shasum -a 256` (macOS); same output format
@@ -51,7 +55,7 @@ env: $(ENV_STAMP)
 $(ENV_STAMP): pyproject.toml requirements.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check --quiet \
-		-c requirements.lock -e ".[book,test]"
+		-c requirements.lock -e ".[book,test,cluster]"
 	touch $@
 
 # Idempotent: files already present and verified are kept. Copies from $IGR_DATA_MIRROR when set.
@@ -81,7 +85,7 @@ test: env data mathjax
 
 run: env data
 	@test -n "$(CHAPTER)" || { echo "usage: make run CHAPTER=<chapter> PROFILE=<smoke|cpu|paper> [ARGS='-p name value']" >&2; exit 2; }
-	$(PY) scripts/run_chapter.py $(CHAPTER) --profile $(PROFILE) $(ARGS)
+	IGR_EXECUTOR=$(EXECUTOR) IGR_WORKERS=$(WORKERS) $(PY) scripts/run_chapter.py $(CHAPTER) --profile $(PROFILE) $(ARGS)
 
 # The GPU machine itself runs scripts/gpu_recipe.sh (install, check, data, every paper chapter).
 wheels: env

@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 ENVIRONMENT = yaml.safe_load((ROOT / "environment.yml").read_text())
 #: pyproject's dependency groups that `make env` installs and the lock must cover.
-LOCKED_GROUPS = ("book", "test")
+LOCKED_GROUPS = ("book", "test", "cluster")
 
 
 def norm(name: str) -> str:
