@@ -10,10 +10,13 @@ A *profile* sets the scale of a chapter's computation:
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import numpy as np
 
 PROFILES: tuple[str, ...] = ("smoke", "cpu", "paper")
 DEFAULT_PROFILE = "cpu"
@@ -42,14 +45,34 @@ def check_keys(given: Mapping[str, Any], allowed: Iterable[str], what: str) -> N
         )
 
 
-def check_positive(value: float, name: str) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a finite number > 0."""
-    try:
-        ok = float(value) > 0 and float(value) != float("inf")
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
+def check_number(value: Any, name: str) -> float:
+    """Return ``value`` as a float; raise :class:`ConfigError` unless it is a real number (an int,
+    a float or a numpy scalar). Strings such as ``"0.1"`` and booleans are rejected, never
+    coerced: a coerced string would hash to a second run id for the same run."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def check_positive(value: Any, name: str) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number > 0 (strings rejected)."""
+    number = check_number(value, name)
+    if not (number > 0 and math.isfinite(number)):
         raise ConfigError(f"{name} must be a positive number, got {value!r}")
+
+
+def check_int(value: Any, name: str, low: int = 1, high: int | None = None, *,
+              optional: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is an integer in ``[low, high]`` (``high`` None:
+    no upper bound); ``optional=True`` also accepts None. Booleans and floats are rejected."""
+    if optional and value is None:
+        return
+    ok = (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+          and value >= low and (high is None or value <= high))
+    if not ok:
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        none = " or None" if optional else ""
+        raise ConfigError(f"{name} must be an integer {bound}{none}, got {value!r}")
 
 
 def check_choice(value: Any, choices: Iterable[Any], name: str) -> None:
@@ -57,6 +80,7 @@ def check_choice(value: Any, choices: Iterable[Any], name: str) -> None:
     choices = tuple(choices)
     if value not in choices:
         raise ConfigError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, choices))}")
+
 
 
 #: Axes whose scalar value is a count: ``seed=3`` means seeds 0, 1, 2.

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from igrlib.io import data
-from igrlib.training import egr, train
+from igrlib.training import egr
 from igrlib.maths import losses, models
 from igrlib.config import ConfigError
 from igrlib.experiments import cifar_resnet
@@ -37,7 +37,7 @@ def test_egr_step_on_resnet_updates_batch_norm_once_and_matches_the_direct_gradi
     model = models.resnet18(WIDTH)
     x, y = _images(8)
     params, state = model.init(jax.random.key(0), x[:2])
-    loss_fn = train.make_loss_fn(model)
+    loss_fn = objectives.loss_fn(model)
 
     def energy(p):
         return loss_fn(p, state, x, y)[0]
@@ -74,9 +74,9 @@ def test_training_loop_egr_step_keeps_one_batch_norm_update():
     xt, yt = _images(8, seed=1)
     cifar = data.Dataset("cifar10", "synthetic CIFAR-shaped data", "test", x, y, xt, yt)
     common = dict(dataset="cifar10", model="resnet18", width_multiplier=WIDTH, batch_size=8,
-                  epochs=1, learning_rate=0.05, thresholds=(0.1,), seed=3)
-    plain, = train.train_group([train.TrainConfig(**common)], cifar, progress=False)
-    penalised, = train.train_group([train.TrainConfig(**common, regularizer="egr", mu=MU)], cifar,
+                  epochs=1, learning_rate=0.05, thresholds=(0.1,), seed=3, selection="test")
+    plain, = program.train_group([TrainConfig(**common)], cifar, progress=False)
+    penalised, = program.train_group([TrainConfig(**common, method="egr", hparams={"mu": MU})], cifar,
                                    progress=False)
     assert plain.status == penalised.status == "ok"
     assert _counters(plain.state) == _counters(penalised.state) == {1}
@@ -91,15 +91,15 @@ def test_training_loop_egr_step_keeps_one_batch_norm_update():
 
 def test_paper_grid_is_the_papers_protocol():
     configs = [c["train"] for c in cifar_resnet.grid("paper")]
-    plain = [c for c in configs if c["regularizer"] == "none"]
-    egr_runs = [c for c in configs if c["regularizer"] == "egr"]
+    plain = [c for c in configs if c["method"] == "sgd"]
+    egr_runs = [c for c in configs if c["method"] == "egr"]
     spec = cifar_resnet.PROFILES["paper"]
     assert sorted({c["learning_rate"] for c in plain}) == [0.005, 0.01, 0.05, 0.1, 0.2]
     assert len(plain) == 5 * len(spec["seed"])
     assert len(egr_runs) == len(spec["egr_lr"]) * len(spec["mu"]) * len(spec["seed"])
-    assert all(c["mu"] > 0 and c["learning_rate"] in (0.005, 0.01) for c in egr_runs)
-    assert {(c["width_multiplier"], c["batch_size"], c["n_train"], c["optimizer"], c["model"])
-            for c in configs} == {(1.0, 512, None, "sgd", "resnet18")}
+    assert all(c["hparams"]["mu"] > 0 and c["learning_rate"] in (0.005, 0.01) for c in egr_runs)
+    assert {(c["width_multiplier"], c["batch_size"], c["n_train"], c["model"])
+            for c in configs} == {(1.0, 512, None, "resnet18")}
 
 
 def test_cpu_grid_is_a_reduced_network_on_a_subset():

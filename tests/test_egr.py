@@ -203,11 +203,11 @@ def test_grid_arms_and_deduplication():
     spec = egr_mlp.PROFILES["cpu"]
     n_seeds, n_widths = len(spec["seed"]), len(spec["width"])
     assert len(configs) == n_widths * n_seeds * (len(spec["mu"]) + len(spec["plain_lr"]))
-    egr_runs = [c for c in configs if c["regularizer"] == "egr"]
-    assert {c["mu"] for c in egr_runs} == {mu for mu in spec["mu"] if mu > 0}
+    egr_runs = [c for c in configs if c["method"] == "egr"]
+    assert {c["hparams"]["mu"] for c in egr_runs} == {mu for mu in spec["mu"] if mu > 0}
     assert {c["learning_rate"] for c in egr_runs} == set(spec["small_lr"])
-    plain = [c for c in configs if c["regularizer"] == "none"]
-    assert all(c["mu"] == 0 for c in plain)
+    plain = [c for c in configs if c["method"] == "sgd"]
+    assert all("mu" not in c["hparams"] for c in plain)
     assert {c["learning_rate"] for c in plain} == set(spec["small_lr"]) | set(spec["plain_lr"])
     # the μ = 0 run at the small rate is also a plain run: a rate in both arms is not run twice
     small = spec["small_lr"][0]
@@ -217,7 +217,7 @@ def test_grid_arms_and_deduplication():
 
 @pytest.mark.parametrize("overrides,match", [
     (dict(mu=(-0.1,)), "mu"), (dict(epochs=0), "epochs"), (dict(widht=(50,)), "widht"),
-    (dict(penalty_method="newton"), "penalty method")])
+    (dict(penalty_method="newton"), "penalty_method")])
 def test_grid_rejects_bad_values(overrides, match):
     with pytest.raises(ConfigError, match=match):
         egr_mlp.grid("smoke", **overrides)
@@ -236,7 +236,7 @@ def _fake_runs() -> pd.DataFrame:
             acc = 0.9 + 0.01 * np.log10(h_eq / 0.02) - (0.2 if mu == 0.5 else 0)
             rows.append(dict(
                 id=f"{seed}-{h}-{mu}", status="ok", width=50, learning_rate=h, mu=mu, seed=seed,
-                regularizer="egr" if mu > 0 else "none", num_params=m, reached_0p95=mu != 0.5,
+                method="egr" if mu > 0 else "sgd", num_params=m, reached_0p95=mu != 0.5,
                 test_acc=acc + 1e-4 * rng.standard_normal(), final_test_acc=acc,
                 r_ig=1e-3 / h_eq * (1 + 0.01 * rng.standard_normal()), train_loss_full=0.1,
                 mean_abs_slope=0.1 / h_eq, lambda_max=10 / h_eq))

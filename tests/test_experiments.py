@@ -11,7 +11,9 @@ from igrlib.config import ConfigError
 from igrlib.experiments import common, mnist_mlp
 from igrlib.measurement.measure import MeasureConfig, measure
 from igrlib.io.results import Store
-from igrlib.training.train import TrainConfig, split, split_eval_fn, train
+from igrlib.maths.objectives import split, split_eval_fn
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import train
 
 
 def test_profiles_give_valid_grids_and_paper_is_the_papers_grid():
@@ -48,7 +50,7 @@ def test_plan_is_deterministic_and_groups_share_a_program():
 
 def test_measure_reports_consistent_quantities():
     ds = data.load("mnist", n_train=512, n_test=256)
-    cfg = TrainConfig(width=16, depth=2, epochs=2, batch_size=128, n_train=512, n_test=256)
+    cfg = TrainConfig(width=16, depth=2, epochs=2, batch_size=128, n_train=512, n_test=256, selection="test")
     result = train(cfg, ds, progress=False)
     mc = MeasureConfig(curvature_examples=256, curvature_batch=128, lanczos_iters=8, trace_samples=4,
                        slope_directions=3, noise_draws=2, sigmas=(0.0, 0.1), slice_points_1d=3,

@@ -66,7 +66,7 @@ def _flat(tree) -> np.ndarray:
 def test_problem_is_float64_and_nontrivial():
     params, _, _, _, d = _problem()
     assert d["g"].dtype == np.float64 and d["H"].shape == (44, 44)
-    assert losses.num_leaves_size(params) == 44
+    assert models.num_params(params) == 44
     assert np.linalg.norm(d["g"]) > 1e-2  # a zero gradient would make every check vacuous
     np.testing.assert_allclose(d["H"], d["H"].T, rtol=0, atol=1e-13)
 
@@ -161,7 +161,7 @@ def test_two_parameter_model_closed_forms(a, b, x, y, h):
                 losses.modified_loss(models.two_param_loss, h)(theta, x, y))
 
     value, grad, rig, modified = measured(np.asarray([a, b]))
-    m = losses.num_leaves_size(grad)
+    m = models.num_params(grad)
     assert m == 2
     assert losses.igr_lambda(h, m) == pytest.approx(lam, rel=1e-15)
     np.testing.assert_allclose(value, energy, rtol=1e-14)
@@ -174,7 +174,7 @@ def test_two_parameter_model_closed_forms(a, b, x, y, h):
 
 def test_r_ig_counts_every_leaf_of_a_pytree():
     tree = {"a": np.asarray([1.0, 2.0]), "b": np.asarray([[3.0], [4.0]]), "c": np.asarray(5.0)}
-    assert losses.num_leaves_size(tree) == 5
+    assert models.num_params(tree) == 5
     np.testing.assert_allclose(losses.sq_norm(tree), 55.0, rtol=1e-15)
     np.testing.assert_allclose(losses.r_ig(tree), 11.0, rtol=1e-15)
 

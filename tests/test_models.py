@@ -13,7 +13,9 @@ import numpy as np
 import pytest
 
 from igrlib.maths import losses, models
-from igrlib.training import train
+from igrlib.maths import objectives
+from igrlib.training import program
+from igrlib.training.config import TrainConfig
 from igrlib.config import ConfigError
 
 RESNET18_PARAMS = 11_173_962  # He et al.'s CIFAR ResNet-18 with a 10-class read-out
@@ -91,7 +93,7 @@ def test_bad_model_arguments_are_config_errors(name, kwargs, match):
 
 
 def _bn_loss(params, state, x, y):
-    """A hand-made batch-normalised layer: E and aux (new_state, logits), like train.make_loss_fn.
+    """A hand-made batch-normalised layer: E and aux (new_state, logits), like objectives.loss_fn.
 
     The running mean moves by ``0.1·(batch mean − running mean)``; it depends on θ, so a look-ahead
     pass at θ + εg would report a different state.
@@ -146,7 +148,7 @@ def test_resnet_penalised_step_updates_batch_norm_state_exactly_once(small_resne
         assert int(twice[key]["counter"]) == int(state[key]["counter"]) + 2
     mean_key = "stem_bn/~/mean_ema"
     assert not np.allclose(once[mean_key]["hidden"], twice[mean_key]["hidden"], rtol=1e-2)
-    loss_fn = train.make_loss_fn(model)
+    loss_fn = objectives.loss_fn(model)
     totals = {}
     for method in losses.PENALTY_METHODS:
         (value, (new_state, logits)), grad, total = jax.jit(

@@ -1,4 +1,5 @@
-"""Training: config validation, divergence, collapse, determinism, checkpoint selection, GD, EGR.
+"""The training program: config validation, divergence, determinism, checkpoint selection on
+validation and on test, full-batch GD, EGR, probes along the trajectory.
 
 Compiling a training program costs seconds to tens of seconds on a loaded 2-core CPU, and
 ``train`` caches one compiled program per (config without learning rate/seed/μ, training-set
@@ -16,19 +17,21 @@ import pytest
 
 from igrlib.io import data
 from igrlib.maths import losses
-from igrlib.training import train
+from igrlib.maths import objectives
+from igrlib.training import probes, program
+from igrlib.training.config import TrainConfig
 from igrlib.config import ConfigError
 
 #: The shared small program: a 2-hidden-layer MLP of width 64, batches of 100, 20 epochs (both
 #: sane runs below reach 100 % training accuracy by epoch 15).
 BASE = dict(dataset="mnist", model="mlp", width=64, depth=2, batch_size=100, epochs=20,
-            thresholds=(1.0, 0.97))
+            thresholds=(1.0, 0.97), selection="test")
 SANE_LR = 0.1
 HISTORY_KEYS = ("epoch", "step", "train_loss", "train_acc", "test_loss", "test_acc")
 
 
-def config(**changes) -> train.TrainConfig:
-    return train.TrainConfig(**{**BASE, **changes})
+def config(**changes) -> TrainConfig:
+    return TrainConfig(**{**BASE, **changes})
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +42,21 @@ def small() -> data.Dataset:
 @pytest.fixture(scope="module")
 def divergent_pair(small):
     """A sane run and one at a learning rate of 50, trained as one vmapped program."""
-    return train.train_group([config(learning_rate=SANE_LR), config(learning_rate=50.0)], small,
+    return program.train_group([config(learning_rate=SANE_LR), config(learning_rate=50.0)], small,
                              progress=False)
 
 
 @pytest.fixture(scope="module")
 def sane_pair(small):
     """The same sane run next to another sane run, in the same program."""
-    return train.train_group([config(learning_rate=SANE_LR), config(learning_rate=0.2, seed=1)],
+    return program.train_group([config(learning_rate=SANE_LR), config(learning_rate=0.2, seed=1)],
                              small, progress=False)
 
 
 @pytest.fixture(scope="module")
 def alone(small):
     """The sane run trained on its own (a group of one: another program)."""
-    return train.train(config(learning_rate=SANE_LR), small, progress=False)
+    return program.train(config(learning_rate=SANE_LR), small, progress=False)
 
 
 # ------------------------------------------------------------------------- config validation
@@ -69,13 +72,20 @@ def alone(small):
     ({"batch_size": True}, "batch_size"),
     ({"dataset": "imagenet"}, "dataset"),
     ({"model": "vgg"}, "model"),
-    ({"optimizer": "adam"}, "optimizer"),
-    ({"regularizer": "l2"}, "regularizer"),
-    ({"penalty_method": "exact"}, "penalty method"),
-    ({"mu": 0.1}, "mu"),  # mu without regularizer="egr"
-    ({"regularizer": "egr"}, "mu"),  # egr without a positive mu
-    ({"regularizer": "egr", "mu": -1.0}, "mu"),
-    ({"momentum": 1.0}, "momentum"),
+    ({"method": "lbfgs"}, "lbfgs"),
+    ({"method": "egr", "hparams": {"penalty_method": "exact"}}, "penalty_method"),
+    ({"hparams": {"mu": 0.1}}, "mu"),  # sgd takes no mu
+    ({"method": "egr", "hparams": {"mu": -1.0}}, "mu"),
+    ({"method": "momentum", "hparams": {"beta": 1.0}}, "beta"),
+    ({"method": "gd", "batch_size": 100}, "full batch"),
+    ({"batch_size": None}, "mini-batches"),
+    ({"learning_rate": "0.1"}, "learning_rate"),  # a number given as a string is not coerced
+    ({"method": "momentum", "hparams": {"beta": "0.9"}}, "beta"),
+    ({"selection": "validation"}, "n_val"),  # validation selection needs a validation split
+    ({"selection": "train"}, "selection"),
+    ({"probes": ("r_ig", "hessian")}, "probe"),
+    ({"monitor": {"blowup_factor": 0.5}}, "blowup_factor"),
+    ({"monitor": {"dead_after": 3}}, "dead_after"),
     ({"thresholds": (1.2,)}, "thresholds"),
     ({"thresholds": ()}, "thresholds"),
     ({"seed": -1}, "seed"),
@@ -85,14 +95,15 @@ def alone(small):
 ])
 def test_bad_config_values_are_config_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
-        train.TrainConfig(**changes)
+        TrainConfig(**{"selection": "test", **changes})
 
 
 def test_from_dict_names_an_unknown_key_and_round_trips():
     with pytest.raises(ConfigError, match="lerning_rate"):
-        train.TrainConfig.from_dict({"lerning_rate": 0.1})
-    cfg = config(learning_rate=0.3, regularizer="egr", mu=0.01, penalty_method="double_backprop")
-    assert train.TrainConfig.from_dict(cfg.to_dict()) == cfg
+        TrainConfig.from_dict({"lerning_rate": 0.1})
+    cfg = config(learning_rate=0.3, method="egr", hparams={"mu": 0.01, "penalty_method": "double_backprop"})
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.to_dict()["hparams"]["mu"] == 0.01  # completed with the rule's defaults too
     assert cfg.to_dict()["thresholds"] == [1.0, 0.97]
 
 
@@ -100,18 +111,19 @@ def test_group_checks_come_before_any_compute(small, monkeypatch):
     def no_compile(*args, **kwargs):
         raise AssertionError("compiled a program for a bad group")
 
-    monkeypatch.setattr(train, "_build_program", no_compile)
+    monkeypatch.setattr(program, "Program", no_compile)
+    program.program.cache_clear()
     with pytest.raises(ConfigError, match="differ only in"):
-        train.train_group([config(), config(width=32)], small, progress=False)
+        program.train_group([config(), config(width=32)], small, progress=False)
     with pytest.raises(ConfigError, match="at least one"):
-        train.train_group([], small, progress=False)
+        program.train_group([], small, progress=False)
     with pytest.raises(ConfigError, match="cifar10"):
-        train.train_group([config(dataset="cifar10")], small, progress=False)
+        program.train_group([config(dataset="cifar10")], small, progress=False)
 
 
 def test_batch_larger_than_the_training_set_is_a_config_error(small):
     with pytest.raises(ConfigError, match="batch_size"):
-        train.train(config(batch_size=5000), small, progress=False)
+        program.train(config(batch_size=5000), small, progress=False)
 
 
 # ------------------------------------------------------------------------- divergence, collapse
@@ -154,12 +166,11 @@ def test_a_run_trained_alone_matches_it_trained_in_a_group(sane_pair, alone):
 def test_steps_looped_in_python_match_steps_in_scan(sane_pair, small, monkeypatch):
     """The Python loop over jitted steps (convolutional models on CPU) is the same algorithm as
     the ``lax.scan`` program: same batches in the same order, same updates up to rounding."""
-    monkeypatch.setattr(train, "_steps_in_python", lambda cfg: True)
-    train._build_program.cache_clear()
-    try:
-        looped = train.train_group([r.config for r in sane_pair], small, progress=False)
-    finally:
-        train._build_program.cache_clear()
+    def looping(key, n_train, batched=True):
+        return program.Program(key, n_train, batched, steps_in_python=True)
+
+    monkeypatch.setattr(program, "program", looping)
+    looped = program.train_group([r.config for r in sane_pair], small, progress=False)
     for a, b in zip(looped, sane_pair):
         assert a.history["epoch"] == b.history["epoch"]
         for key in HISTORY_KEYS:
@@ -167,7 +178,7 @@ def test_steps_looped_in_python_match_steps_in_scan(sane_pair, small, monkeypatc
 
 
 def test_training_is_deterministic(sane_pair, small):
-    again = train.train_group([r.config for r in sane_pair], small, progress=False)
+    again = program.train_group([r.config for r in sane_pair], small, progress=False)
     for first, second in zip(sane_pair, again):
         assert first.history == second.history
         assert first.selections.keys() == second.selections.keys()
@@ -176,32 +187,16 @@ def test_training_is_deterministic(sane_pair, small):
             np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("acc,loss,peak,expected", [
-    (0.10, math.log(10), 0.90, True),   # fell to chance after learning: collapsed
-    (0.20, math.log(10) + 0.2, 0.50, True),  # on the boundaries of the rule
-    (0.10, math.log(10), 0.49, False),  # never learned: not a collapse, just slow
-    (0.21, math.log(10), 0.90, False),  # above 2/C
-    (0.10, math.log(10) + 0.3, 0.90, False),  # loss far from ln C: a different failure
-    (0.10, math.log(10) - 0.3, 0.90, False),
-])
-def test_collapse_rule(acc, loss, peak, expected):
-    assert train._collapsed(acc, loss, peak, 10) is expected
-
-
-def test_collapse_rule_scales_with_the_number_of_classes():
-    assert train._collapsed(0.02, math.log(100), 0.6, 100)
-    assert not train._collapsed(0.05, math.log(100), 0.6, 100)
-
-
 @pytest.mark.slow
 def test_a_real_collapse_is_recorded_collapsed(small):
     """Heavy-ball SGD (momentum 0.9, h = 0.1) on a width-50, 5-layer ReLU MLP: some seeds learn
     (> 50 % training accuracy), then their units die and the network falls back to predicting
     the class prior (loss ≈ ln 10) without a NaN; others diverge. Found by a scan over
     learning rates and seeds; at the pinned versions seed 2 collapses at step 140 (epoch 7)."""
-    cfgs = [train.TrainConfig(width=50, depth=5, momentum=0.9, learning_rate=0.1, seed=seed,
-                              batch_size=50, epochs=10, thresholds=(1.0,)) for seed in range(4)]
-    runs = train.train_group(cfgs, small, progress=False)
+    cfgs = [TrainConfig(width=50, depth=5, method="momentum", hparams={"beta": 0.9}, learning_rate=0.1,
+                        seed=seed, batch_size=50, epochs=10, thresholds=(1.0,), selection="test")
+            for seed in range(4)]
+    runs = program.train_group(cfgs, small, progress=False)
     collapsed = [r for r in runs if r.status == "collapsed"]
     assert collapsed, [(r.status, r.history["train_acc"]) for r in runs]
     for run in collapsed:
@@ -243,9 +238,9 @@ def test_selection_is_the_best_test_accuracy_at_or_above_each_threshold(sane_pai
 
 
 def test_selected_parameters_reproduce_the_selected_test_accuracy(sane_pair, small):
-    evaluate = jax.jit(train.split_eval_fn(config().build_model()))
-    test_split = train.split(small.x_test, small.y_test)
-    train_split = train.split(small.x_train, small.y_train)
+    evaluate = jax.jit(objectives.split_eval_fn(config().build_model()))
+    test_split = objectives.split(small.x_test, small.y_test)
+    train_split = objectives.split(small.x_train, small.y_train)
     for run in sane_pair:
         for sel in run.selections.values():
             test_loss, test_acc = evaluate(sel.params, sel.state, test_split)
@@ -261,8 +256,8 @@ def test_selected_parameters_reproduce_the_selected_test_accuracy(sane_pair, sma
 
 
 def test_full_batch_gd_takes_one_step_per_epoch(small):
-    cfg = config(optimizer="gd", learning_rate=0.1, epochs=8, batch_size=1)
-    run = train.train(cfg, small, progress=False)
+    cfg = config(method="gd", learning_rate=0.1, epochs=8, batch_size=None)
+    run = program.train(cfg, small, progress=False)
     assert run.status == "ok"
     assert run.history["step"] == list(range(9))
     losses_ = run.history["train_loss"]
@@ -277,9 +272,9 @@ def test_egr_trains_with_every_penalty_method(small, alone):
     test_models); the penalty changes the trajectory of the plain run with the same seed."""
     runs = {}
     for method in losses.PENALTY_METHODS:
-        cfg = config(regularizer="egr", mu=0.01, penalty_method=method, learning_rate=SANE_LR,
-                     epochs=3)
-        runs[method] = train.train(cfg, small, progress=False)
+        cfg = config(method="egr", hparams={"mu": 0.01, "penalty_method": method},
+                     learning_rate=SANE_LR, epochs=3)
+        runs[method] = program.train(cfg, small, progress=False)
         assert runs[method].status == "ok", method
         assert runs[method].history["train_acc"][-1] > 0.7, method
     np.testing.assert_allclose(runs["hvp"].history["train_loss"],
@@ -293,10 +288,55 @@ def test_egr_trains_with_every_penalty_method(small, alone):
 @pytest.mark.slow
 def test_short_mnist_run_reaches_95_percent(tmp_path):
     mnist = data.load("mnist")
-    cfg = train.TrainConfig(width=200, depth=5, learning_rate=0.1, batch_size=512, epochs=3)
-    run = train.train(cfg, mnist, progress=False)
+    cfg = TrainConfig(width=200, depth=5, learning_rate=0.1, batch_size=512, epochs=3, selection="test")
+    run = program.train(cfg, mnist, progress=False)
     assert run.status == "ok"
     assert run.history["epoch"] == [0, 1, 2, 3]
     assert run.history["step"][-1] == 3 * (60_000 // 512)
     assert run.history["test_acc"][-1] > 0.95, run.history["test_acc"]
     assert run.num_params == 784 * 200 + 200 + 4 * (200 * 200 + 200) + 2010
+
+
+# ------------------------------------------------------------------------- validation, probes
+
+
+@pytest.fixture(scope="module")
+def with_validation():
+    """The sane run with a 500-image validation split, selection on it, and probes every 5
+    evaluations (a different program: the data shapes differ)."""
+    ds = data.load("mnist", n_train=1000, n_val=500, n_test=500)
+    cfg = config(learning_rate=SANE_LR, n_train=1000, n_val=500, n_test=500, selection="validation",
+                 probe_every=5, probe_examples=256, probe_lanczos_iters=8, probe_trace_samples=4)
+    return ds, cfg, program.train(cfg, ds, progress=False)
+
+
+def test_validation_split_selects_without_looking_at_the_test_set(with_validation):
+    ds, cfg, run = with_validation
+    h = run.history
+    assert len(h["val_acc"]) == len(h["epoch"])
+    for t, sel in run.selections.items():
+        eligible = [k for k, acc in enumerate(h["train_acc"]) if acc >= t]
+        k = max(eligible, key=lambda j: (h["val_acc"][j], -j))
+        assert sel.eval_index == k
+        assert sel.metrics["test_acc"] == h["test_acc"][k]  # reported, not chosen on
+    # the training subset is the same with or without a validation split
+    np.testing.assert_array_equal(ds.x_train, data.load("mnist", n_train=1000).x_train)
+
+
+def test_probes_equal_a_direct_computation(with_validation):
+    ds, cfg, run = with_validation
+    h = run.history
+    assert h["probe_epoch"] == h["epoch"][::5]
+    assert h["probe_train_loss"] == h["train_loss"][::5]
+    assert h["probe_h_lambda_max"] == pytest.approx([cfg.learning_rate * v for v in h["probe_lambda_max"]])
+    assert h["probe_stability"] == pytest.approx(h["probe_h_lambda_max"])  # plain SGD: h·λ_max
+    # recompute the last probe from the final parameters (the run ended on a probe evaluation)
+    assert h["probe_epoch"][-1] == h["epoch"][-1]
+    model = cfg.build_model()
+    value, grad = jax.jit(objectives.full_batch_grad_fn(model))(run.params, run.state,
+                                                               objectives.split(ds.x_train, ds.y_train))
+    assert h["probe_r_ig"][-1] == pytest.approx(float(losses.r_ig(grad)), rel=1e-5)
+    assert h["probe_train_loss"][-1] == pytest.approx(float(value), rel=1e-5)
+    norm = np.sqrt(sum(float(np.sum(np.square(a))) for a in jax.tree_util.tree_leaves(run.params)))
+    assert h["probe_param_norm"][-1] == pytest.approx(norm, rel=1e-5)
+    assert all(v > 0 for v in h["probe_hessian_trace_se"])

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pandas as pd
 
 from igrlib.io import data
@@ -38,7 +39,8 @@ from igrlib.maths import models, stats
 from igrlib.config import ConfigError, axis_values, check_keys, resolve_profile
 from igrlib.experiments import common, egr_mlp, mnist_mlp
 from igrlib.measurement.measure import MeasureConfig
-from igrlib.training.train import TrainConfig, make_loss_fn
+from igrlib.maths.objectives import loss_fn
+from igrlib.training.config import TrainConfig
 
 NAME = "cifar_resnet"
 PAPER_LEARNING_RATES = (0.005, 0.01, 0.05, 0.1, 0.2)
@@ -50,7 +52,9 @@ LIGHT_MEASURE = dict(curvature_examples=128, curvature_batch=128, lanczos_iters=
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         width_multiplier=(0.0625,), learning_rate=(0.2,), egr_lr=(0.01,), mu=(0.05,), seed=(0,),
-        base=dict(epochs=1, batch_size=32, n_train=64, n_test=64, eval_every=1, thresholds=(0.1,)),
+        base=dict(epochs=1, batch_size=32, n_train=64, n_val=64, n_test=64, eval_every=1,
+                  thresholds=(0.1,), probe_every=1, probe_examples=32, probe_lanczos_iters=3,
+                  probe_trace_samples=2),
         measure=dict(LIGHT_MEASURE, curvature_examples=32, curvature_batch=32, lanczos_iters=3,
                      trace_samples=2, slope_directions=2, sigmas=(0.0, 0.1)),
         cost_widths=(0.0625,), cost_batch=16, cost_methods=("hvp",),
@@ -58,21 +62,23 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         width_multiplier=(0.0625,), learning_rate=PAPER_LEARNING_RATES, egr_lr=(0.01,),
         mu=(0.01, 0.05), seed=(0, 1),
-        base=dict(epochs=16, batch_size=64, n_train=1024, n_test=1000, eval_every=4,
-                  thresholds=(0.1, 0.5)),
+        base=dict(epochs=16, batch_size=64, n_train=1024, n_val=1000, n_test=1000, eval_every=4,
+                  thresholds=(0.1, 0.5), probe_every=2, probe_examples=128, probe_lanczos_iters=5,
+                  probe_trace_samples=3),
         measure=LIGHT_MEASURE,
         cost_widths=(0.0625,), cost_batch=64,
     ),
     "paper": dict(
         width_multiplier=(1.0,), learning_rate=PAPER_LEARNING_RATES, egr_lr=(0.005, 0.01),
         mu=(0.00125, 0.0025, 0.01, 0.025, 0.05, 0.25), seed=(0, 1, 2),
-        base=dict(epochs=200, batch_size=512, eval_every=2, patience=10, thresholds=(0.99, 0.9)),
+        base=dict(epochs=200, batch_size=512, eval_every=2, patience=10, thresholds=(0.99, 0.9),
+                  n_val=5_000, probe_every=5, probe_examples=1024),
         measure=dict(curvature_examples=2048, curvature_batch=512, lanczos_iters=20, trace_samples=20,
                      slope_directions=10, noise_draws=5, sigmas=(0.0, 0.02, 0.05, 0.1), slices=False),
         cost_widths=(1.0,), cost_batch=512,
     ),
 }
-BASE = dict(dataset="cifar10", model="resnet18", optimizer="sgd", batch_size=512)
+BASE = dict(dataset="cifar10", model="resnet18", method="sgd", batch_size=512, selection="validation")
 AXES = ("width_multiplier", "learning_rate", "egr_lr", "mu", "seed")
 
 
@@ -84,7 +90,8 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     spec = PROFILES[resolve_profile(profile)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
     axes = {k: axis_values(k, overrides.pop(k, spec[k])) for k in AXES}
-    check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "cifar_resnet override")
+    check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)] + ["penalty_method", "fd_radius"],
+               "cifar_resnet override")
     if any(not isinstance(mu, (int, float)) or mu <= 0 for mu in axes["mu"]):
         raise ConfigError(f"EGR mu values must be numbers > 0 (the plain arm is mu = 0), got {axes['mu']!r}")
     for multiplier in axes["width_multiplier"]:
@@ -92,11 +99,12 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     base = {**BASE, **spec["base"], **overrides}
     measure = MeasureConfig(**spec["measure"])
     shared = dict(width_multiplier=axes["width_multiplier"])
-    configs = common.make_grid({**base, "regularizer": "none", "mu": 0.0},
+    penalty = {k: base.pop(k) for k in ("penalty_method", "fd_radius") if k in base}
+    configs = common.make_grid(base,
                                {**shared, "learning_rate": axes["learning_rate"], "seed": axes["seed"]},
                                measure)
     if axes["egr_lr"] and axes["mu"]:
-        configs += common.make_grid({**base, "regularizer": "egr"},
+        configs += common.make_grid({**base, "method": "egr", **penalty},
                                     {**shared, "learning_rate": axes["egr_lr"], "mu": axes["mu"],
                                      "seed": axes["seed"]}, measure)
     return configs
@@ -118,7 +126,7 @@ def tidy(runs: pd.DataFrame, threshold: float | None = None) -> pd.DataFrame:
         return runs
     threshold = runs["thresholds"].iloc[0][0] if threshold is None else threshold
     df = mnist_mlp.tidy(runs, threshold)
-    df["arm"] = df["regularizer"].map({"egr": "EGR", "none": "plain"})
+    df["arm"] = np.where(df["method"] == "egr", "EGR", "plain")
     df["h_equiv"] = df["learning_rate"] + 4 * df["mu"]
     df["lambda_equiv"] = [egr.lambda_equiv(h, mu, m) for h, mu, m
                           in zip(df["learning_rate"], df["mu"], df["num_params"])]
@@ -170,7 +178,7 @@ def _time_resnet(config: Mapping[str, Any]) -> dict[str, float]:
     x, y = jnp.asarray(cifar.x_train), jnp.asarray(cifar.y_train)
     model = models.resnet18(config["width"])
     params, state = model.init(jax.random.key(0), x[:2])
-    return egr.step_cost(make_loss_fn(model), params, (state, x, y), config["mu"],
+    return egr.step_cost(loss_fn(model), params, (state, x, y), config["mu"],
                          config["methods"], config["repeats"])
 
 
@@ -199,16 +207,15 @@ def history_frame(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def describe(configs: Sequence[Mapping[str, Any]]) -> str:
-    """One sentence describing a grid (for captions and the chapter's protocol paragraph)."""
+    """What a grid runs, with everything that shapes its results (for captions and the chapter's
+    protocol paragraph, so they cannot drift from the grid)."""
     trains = [c["train"] for c in configs]
     t0 = trains[0]
     widths = sorted({t["width_multiplier"] for t in trains})
-    plain = sorted({t["learning_rate"] for t in trains if t["regularizer"] == "none"})
-    egr_lrs = sorted({t["learning_rate"] for t in trains if t["regularizer"] == "egr"})
-    mus = sorted({t["mu"] for t in trains if t["regularizer"] == "egr"})
+    plain = sorted({t["learning_rate"] for t in trains if t["method"] != "egr"})
+    egr_lrs = sorted({t["learning_rate"] for t in trains if t["method"] == "egr"})
+    mus = sorted({t["hparams"]["mu"] for t in trains if t["method"] == "egr"})
     seeds = sorted({t["seed"] for t in trains})
-    n_train = t0["n_train"] or 50_000
-    return (f"{len(configs)} runs: ResNet-18 at width multiplier {widths}, {len(seeds)} seed(s); "
-            f"plain SGD at h ∈ {plain}; EGR at h ∈ {egr_lrs} with μ ∈ {mus}; batch "
-            f"{t0['batch_size']}, {n_train} training and {t0['n_test'] or 10_000} test images, "
-            f"at most {t0['epochs']} epochs")
+    return (f"{len(configs)} runs: ResNet-18 at width multiplier {widths}; plain SGD at h ∈ {plain}; "
+            f"EGR at h ∈ {egr_lrs} with μ ∈ {mus}; batch {t0['batch_size']}; "
+            + mnist_mlp.protocol(t0, configs[0]["measure"], seeds, 50_000, 10_000))

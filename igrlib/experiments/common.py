@@ -1,15 +1,16 @@
 """What the network experiments share: config layout, grouping, train-then-measure.
 
 A run's config is ``{"train": TrainConfig fields, "measure": MeasureConfig fields}``; its record
-holds the selected checkpoint's metrics (PAPER.md §4: the evaluation of maximal test accuracy
-among those at or above the first training-accuracy threshold), the measurements there, the
-metrics at the other thresholds, and the whole evaluation history.
+holds the selected checkpoint's metrics (the evaluation of maximal validation accuracy, or of
+maximal test accuracy under the paper's rule, among those at or above the first
+training-accuracy threshold), the measurements there, the metrics at the other thresholds, the
+whole evaluation history and the probes along the trajectory.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
-import sys
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
@@ -21,16 +22,21 @@ from igrlib.config import ConfigError
 from igrlib.measurement.measure import MeasureConfig, measure
 from igrlib.io.results import canonical
 from igrlib.sweep import Outcome
-from igrlib.training.train import RunResult, TrainConfig, train_group
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import EVAL_METRICS, RunResult, train_group
 
 
 def make_grid(base: Mapping[str, Any], axes: Mapping[str, Sequence[Any]],
               measure_config: MeasureConfig) -> list[dict[str, Any]]:
-    """Every combination of ``axes`` over ``base`` (training fields), validated now, before any
-    compute; the last axis varies fastest."""
+    """Every combination of ``axes`` over ``base``, validated now, before any compute; the last
+    axis varies fastest. Keys that are not :class:`TrainConfig` fields (``mu``, ``beta``, …) are
+    hyperparameters of the update rule and go into ``hparams``."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     grid = []
     for values in itertools.product(*axes.values()):
-        train_cfg = TrainConfig.from_dict({**base, **dict(zip(axes, values))})
+        merged = {**base, **dict(zip(axes, values))}
+        hparams = {**merged.pop("hparams", {}), **{k: merged.pop(k) for k in list(merged) if k not in fields}}
+        train_cfg = TrainConfig.from_dict({**merged, "hparams": hparams})
         grid.append({"train": train_cfg.to_dict(), "measure": measure_config.to_dict()})
     if not grid:
         raise ConfigError("the grid is empty: every axis needs at least one value")
@@ -58,7 +64,7 @@ def group_size(config: Mapping[str, Any]) -> int:
 
 
 def load_data(cfg: TrainConfig) -> data_mod.Dataset:
-    return data_mod.load(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test)
+    return data_mod.load(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test, n_val=cfg.n_val)
 
 
 def outcome(result: RunResult, data: data_mod.Dataset, measure_config: MeasureConfig) -> Outcome:
@@ -87,27 +93,27 @@ def outcome(result: RunResult, data: data_mod.Dataset, measure_config: MeasureCo
     chosen = next((result.selections[t] for t in cfg.thresholds if t in result.selections), None)
     if chosen is None:
         params, state, selected_at = result.params, result.state, "final"
-        metrics.update({k: result.history[k][-1] for k in ("train_loss", "train_acc", "test_loss", "test_acc")})
+        metrics.update({k: result.history[k][-1] for k in EVAL_METRICS if k in result.history})
         metrics["selected_epoch"] = metrics["epochs_run"]
     else:
         params, state, selected_at = chosen.params, chosen.state, chosen.threshold
         metrics.update(chosen.metrics)
         metrics["selected_epoch"] = chosen.epoch
     metrics["selected_at"] = selected_at
-    extra: dict[str, Any] = {}
+    metrics["selection"] = cfg.selection
+    extra: dict[str, Any] = {"status_reason": result.status_reason}
     if result.status == "ok":
-        found, extra = measure(cfg.build_model(), params, state, data, measure_config,
+        found, measured = measure(cfg.build_model(), params, state, data, measure_config,
                                jax.random.key(cfg.seed + 7919))
         metrics.update(found)
+        extra.update(measured)
     return Outcome(status=result.status, metrics=metrics, history=result.history, extra=extra,
                    status_step=result.status_step, wall_time_s=result.wall_time_s)
 
 
-def run_group(configs: Sequence[Mapping[str, Any]], progress: bool | None = None) -> list[Outcome]:
+def run_group(configs: Sequence[Mapping[str, Any]], progress: bool = True) -> list[Outcome]:
     """Train a group as one program, then measure each run; one :class:`Outcome` per config.
-    A progress bar shows on a terminal (``progress=None``), not in notebooks or logs."""
-    if progress is None:
-        progress = sys.stderr.isatty()
+    ``progress`` prints plain progress lines (:mod:`igrlib.io.progress`)."""
     train_cfgs = [train_config(c) for c in configs]
     measure_config = MeasureConfig(**{**configs[0]["measure"], "sigmas": tuple(configs[0]["measure"]["sigmas"])})
     data = load_data(train_cfgs[0])

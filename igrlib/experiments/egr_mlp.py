@@ -5,7 +5,7 @@ Two arms on one data protocol (that of :mod:`igrlib.experiments.mnist_mlp`: ReLU
 threshold and the checkpoint of maximal test accuracy):
 
 * **EGR**: a small learning rate ``h`` and the penalised loss ``E + μ‖∇E‖²`` over a μ grid that
-  includes μ = 0 (a plain run, ``regularizer="none"``);
+  includes μ = 0 (a plain SGD run);
 * **plain**: larger learning rates and no penalty, so EGR runs and plain runs can share one λ
   axis: step-h SGD on ``E + μ‖∇E‖²`` implicitly regularizes with ``λ_equiv = (h + 4μ)·m/4``
   (:func:`igrlib.training.egr.lambda_equiv`), plain runs with ``λ = h·m/4``.
@@ -39,14 +39,17 @@ from igrlib.experiments import common, mnist_mlp
 from igrlib.measurement.measure import MeasureConfig
 from igrlib.io.results import run_id
 from igrlib.sweep import Outcome
-from igrlib.training.train import TrainConfig, make_loss_fn
+from igrlib.maths.objectives import loss_fn
+from igrlib.training.config import TrainConfig
 
 NAME = "egr_mlp"
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         width=(16,), small_lr=(0.05,), mu=(0.0, 0.01, 0.1), plain_lr=(0.5,), seed=(0, 1),
-        base=dict(epochs=3, batch_size=256, n_train=1024, n_test=512, eval_every=1, thresholds=(0.1,)),
+        base=dict(epochs=3, batch_size=256, n_train=1024, n_val=512, n_test=512, eval_every=1,
+                  thresholds=(0.1,), probe_every=2, probe_examples=128, probe_lanczos_iters=4,
+                  probe_trace_samples=2),
         measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=6, trace_samples=4,
                      slope_directions=3, noise_draws=2, sigmas=(0.0, 0.1), slices=False),
         cost_widths=(16,), cost_batch=512,
@@ -54,8 +57,9 @@ PROFILES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         width=(50,), small_lr=(0.02,), mu=(0.0, 0.0075, 0.02, 0.12, 0.25, 0.5),
         plain_lr=(0.05, 0.1, 0.5), seed=(0, 1, 2),
-        base=dict(epochs=60, n_train=10_000, n_test=10_000, eval_every=2, patience=5,
-                  thresholds=(0.95, 0.97)),
+        base=dict(epochs=60, n_train=10_000, n_val=5_000, n_test=10_000, eval_every=2, patience=5,
+                  thresholds=(0.95, 0.97), probe_every=5, probe_examples=512,
+                  probe_lanczos_iters=10, probe_trace_samples=5),
         measure=dict(curvature_examples=1024, lanczos_iters=12, trace_samples=10,
                      slope_directions=5, noise_draws=3, slices=False),
         cost_widths=(200, 800), cost_batch=512,
@@ -64,7 +68,8 @@ PROFILES: dict[str, dict[str, Any]] = {
         width=(200, 800), small_lr=(0.005,),
         mu=(0.0, 0.00125, 0.0025, 0.00625, 0.0125, 0.025, 0.125, 0.25, 1.0),
         plain_lr=mnist_mlp.PAPER_LEARNING_RATES, seed=(0, 1, 2),
-        base=dict(epochs=2000, eval_every=1, patience=20),
+        base=dict(epochs=2000, eval_every=1, patience=20, n_val=5_000, probe_every=10,
+                  probe_examples=2048),
         measure=dict(curvature_examples=10_240, trace_samples=50, noise_draws=10, slices=False),
         cost_widths=(200, 800), cost_batch=512,
     ),
@@ -81,17 +86,19 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     spec = PROFILES[resolve_profile(profile)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
     axes = {k: axis_values(k, overrides.pop(k, spec[k])) for k in AXES}
-    check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "egr_mlp override")
+    check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)] + ["penalty_method", "fd_radius"],
+               "egr_mlp override")
     if any(not isinstance(mu, (int, float)) or mu < 0 for mu in axes["mu"]):
         raise ConfigError(f"mu values must be numbers >= 0, got {axes['mu']!r}")
     base = {**BASE, **spec["base"], **overrides}
     measure = MeasureConfig(**spec["measure"])
     configs = []
+    penalty = {k: base.pop(k) for k in ("penalty_method", "fd_radius") if k in base}
     for mu in axes["mu"]:
-        arm = dict(regularizer="egr", mu=float(mu)) if mu > 0 else dict(regularizer="none", mu=0.0)
+        arm = dict(method="egr", mu=float(mu), **penalty) if mu > 0 else dict(method="sgd")
         configs += common.make_grid({**base, **arm}, dict(width=axes["width"], learning_rate=axes["small_lr"],
                                                           seed=axes["seed"]), measure)
-    configs += common.make_grid({**base, "regularizer": "none", "mu": 0.0},
+    configs += common.make_grid({**base, "method": "sgd"},
                                 dict(width=axes["width"], learning_rate=axes["plain_lr"],
                                      seed=axes["seed"]), measure)
     unique = {run_id(c): c for c in configs}
@@ -114,7 +121,7 @@ def tidy(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     df = mnist_mlp.tidy(runs, threshold)
     if df.empty:
         return df
-    egr_rates = df.loc[df["regularizer"] == "egr", "learning_rate"].unique()
+    egr_rates = df.loc[df["method"] == "egr", "learning_rate"].unique()
     df["arm"] = np.where(df["learning_rate"].isin(egr_rates), "EGR", "plain")
     df["h_equiv"] = df["learning_rate"] + 4 * df["mu"]
     df["lambda_equiv"] = [egr.lambda_equiv(h, mu, m) for h, mu, m
@@ -327,7 +334,7 @@ def _time_mlp(config: Mapping[str, Any]) -> dict[str, float]:
     x, y = jnp.asarray(mnist.x_train), jnp.asarray(mnist.y_train)
     model = models.mlp(config["width"], depth=BASE["depth"])
     params, state = model.init(jax.random.key(0), x[:2])
-    return egr.step_cost(make_loss_fn(model), params, (state, x, y), config["mu"],
+    return egr.step_cost(loss_fn(model), params, (state, x, y), config["mu"],
                          config["methods"], config["repeats"])
 
 
@@ -336,16 +343,18 @@ COST = StepCostExperiment(NAME + "_cost", _time_mlp)
 
 
 def describe(configs: Sequence[Mapping[str, Any]]) -> str:
-    """One sentence describing a grid (for captions and the chapter's protocol paragraph)."""
+    """What a grid runs, with everything that shapes its results (for captions and the chapter's
+    protocol paragraph, so they cannot drift from the grid)."""
     trains = [c["train"] for c in configs]
     widths = sorted({t["width"] for t in trains})
-    small = sorted({t["learning_rate"] for t in trains if t["regularizer"] == "egr"})
-    mus = sorted({t["mu"] for t in trains if t["learning_rate"] in small})
+    egr_runs = [t for t in trains if t["method"] == "egr"]
+    small = sorted({t["learning_rate"] for t in egr_runs})
+    mus = sorted({t["hparams"]["mu"] for t in egr_runs} | ({0.0} if any(
+        t["method"] != "egr" and t["learning_rate"] in small for t in trains) else set()))
     plain = sorted({t["learning_rate"] for t in trains} - set(small))
     seeds = sorted({t["seed"] for t in trains})
     t0 = trains[0]
-    return (f"{len(configs)} runs: widths {widths}, {len(seeds)} seeds; EGR arm at h ∈ {small} "
-            f"with μ ∈ {mus}; plain arm at h ∈ {plain}; {t0['depth']} hidden layers, "
-            f"{t0['optimizer'].upper()} batch {t0['batch_size']}, {t0['n_train'] or 60_000} "
-            f"training examples, at most {t0['epochs']} epochs, penalty gradient by "
-            f"{t0['penalty_method']!r}")
+    return (f"{len(configs)} runs: widths {widths}; EGR arm at h ∈ {small} with μ ∈ {mus}; plain "
+            f"arm at h ∈ {plain}; {t0['depth']} hidden layers, {t0['method'].upper()} batch "
+            f"{t0['batch_size']}, penalty gradient by {(egr_runs or [t0])[0]['hparams'].get('penalty_method')!r}; "
+            + mnist_mlp.protocol(t0, configs[0]["measure"], seeds, 60_000, mnist_mlp.FULL_TEST))

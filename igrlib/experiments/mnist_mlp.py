@@ -23,7 +23,7 @@ from igrlib.maths import stats
 from igrlib.config import axis_values, check_keys, resolve_profile
 from igrlib.experiments import common
 from igrlib.measurement.measure import MeasureConfig
-from igrlib.training.train import TrainConfig
+from igrlib.training.config import TrainConfig
 
 NAME = "mnist_mlp"
 PAPER_WIDTHS = (50, 100, 200, 400, 800, 1600)
@@ -32,31 +32,34 @@ PAPER_LEARNING_RATES = (0.5, 0.1, 0.05, 0.01, 0.005, 0.001, 0.0005)
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         axes=dict(width=(16,), learning_rate=(0.2, 0.1, 0.05), seed=(0, 1)),
-        base=dict(epochs=6, batch_size=256, n_train=1024, n_test=512, eval_every=1,
-                  thresholds=(0.5, 0.3)),
+        base=dict(epochs=6, batch_size=256, n_train=1024, n_val=512, n_test=512, eval_every=1,
+                  thresholds=(0.5, 0.3), probe_every=2, probe_examples=128, probe_lanczos_iters=4,
+                  probe_trace_samples=2),
         measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=6, trace_samples=4,
                      slope_directions=3, noise_draws=2, sigmas=(0.0, 0.1, 0.3),
                      slice_points_1d=5, slice_points_2d=3),
     ),
     "cpu": dict(
         axes=dict(width=(50, 100, 200), learning_rate=(0.5, 0.1, 0.05, 0.01), seed=(0, 1, 2)),
-        base=dict(epochs=150, n_train=10_000, n_test=10_000, eval_every=2, patience=10),
+        base=dict(epochs=150, n_train=10_000, n_val=5_000, n_test=10_000, eval_every=2, patience=10,
+                  probe_every=5, probe_examples=512, probe_lanczos_iters=10, probe_trace_samples=5),
         measure=dict(),
     ),
     "paper": dict(
         axes=dict(width=PAPER_WIDTHS, learning_rate=PAPER_LEARNING_RATES, seed=(0, 1, 2)),
-        base=dict(epochs=2000, eval_every=1, patience=20),
+        base=dict(epochs=2000, eval_every=1, patience=20, n_val=5_000, probe_every=10,
+                  probe_examples=2048),
         measure=dict(curvature_examples=10_240, trace_samples=50, noise_draws=10),
     ),
 }
-BASE = dict(dataset="mnist", model="mlp", depth=5, activation="relu", optimizer="sgd",
-            batch_size=512, thresholds=(1.0, 0.99))
+BASE = dict(dataset="mnist", model="mlp", depth=5, activation="relu", method="sgd",
+            batch_size=512, thresholds=(1.0, 0.99), selection="validation")
 AXES = ("width", "learning_rate", "seed")
 
 
 def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     """The run configs of ``profile``; ``overrides`` replace axes (``width``, ``learning_rate``,
-    ``seed``: sequences) or training fields (``epochs``, ``thresholds``, ``optimizer``, …).
+    ``seed``: sequences) or training fields (``epochs``, ``thresholds``, ``selection``, …).
     Every value is validated here, before any compute."""
     spec = PROFILES[resolve_profile(profile)]
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -107,6 +110,8 @@ def tidy(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     if runs.empty:
         return runs
     df = runs.copy()
+    # Only EGR configs carry μ; every other update rule is μ = 0.
+    df["mu"] = df["mu"].fillna(0.0) if "mu" in df else 0.0
     tag = f"{threshold:g}".replace(".", "p")
     reached = df.get(f"reached_{tag}")
     if reached is None:

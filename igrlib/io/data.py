@@ -54,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from igrlib.io import paths
-from igrlib.config import ConfigError, check_choice
+from igrlib.config import ConfigError, check_choice, check_int
 
 DATASETS: tuple[str, ...] = ("mnist", "cifar10")
 MIRROR_ENV = "IGR_DATA_MIRROR"
@@ -93,8 +93,9 @@ class Dataset:
 
     ``label`` is the name to print in records and figures ("MNIST", "CIFAR-10" or
     "CIFAR-10 (JPEG copy)"); ``source`` says which files the arrays came from ("idx",
-    "cifar-binary" or "cifar-jpeg"). The arrays are read-only because :func:`load` shares them
-    between callers.
+    "cifar-binary" or "cifar-jpeg"). ``x_val, y_val`` is the validation split (empty unless
+    :func:`load` was asked for one): training images that are not trained on. The arrays are
+    read-only because :func:`load` shares them between callers.
     """
 
     name: str
@@ -105,6 +106,8 @@ class Dataset:
     x_test: np.ndarray = field(repr=False)
     y_test: np.ndarray = field(repr=False)
     num_classes: int = 10
+    x_val: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0,), np.float32))
+    y_val: np.ndarray = field(repr=False, default_factory=lambda: np.zeros((0,), np.int32))
 
 
 def load(
@@ -113,6 +116,7 @@ def load(
     *,
     n_train: int | None = None,
     n_test: int | None = None,
+    n_val: int = 0,
 ) -> Dataset:
     """Load data set ``name`` (one of :data:`DATASETS`) from ``data_dir`` (default ``$IGR_DATA_DIR``).
 
@@ -123,6 +127,12 @@ def load(
     classes are mixed (the JPEG copy, decoded in class order, is put in a fixed-seed random
     order), so taking the first examples of a split samples every class.
 
+    ``n_val`` carves a validation split, class-stratified the same way, out of the training
+    images that are NOT in the training subset: the training subset is the first ``n_train`` of
+    the stratified order of the training split, the validation split the next ``n_val``, so a
+    training subset is the same with or without a validation split. Without ``n_train`` the
+    training split is every training image outside the validation split.
+
     Arguments are checked (:class:`ConfigError`) before any file is read. A missing file raises
     :class:`FileNotFoundError`, a corrupt one :class:`ValueError`; both name the file and the
     command that fetches it. Full data sets are cached in-process, keyed on the resolved
@@ -132,13 +142,25 @@ def load(
     size_train, size_test = _SIZES[name]
     _check_subset_size(n_train, size_train, "n_train")
     _check_subset_size(n_test, size_test, "n_test")
+    check_int(n_val, "n_val", 0, size_train - 1)
+    if (n_train or size_train - n_val) + n_val > size_train:
+        raise ConfigError(f"n_train + n_val = {n_train + n_val} exceeds the {size_train} training images")
     directory = Path(data_dir).expanduser().resolve() if data_dir is not None else paths.data_dir()
     full = _load_full(name, directory)
-    if n_train is None and n_test is None:
+    if n_train is None and n_test is None and not n_val:
         return full
-    x_train, y_train = _subset(full.x_train, full.y_train, n_train)
+    if n_val:
+        n_fit = n_train if n_train is not None else size_train - n_val
+        train_idx = _stratified_indices(full.y_train, n_fit)
+        val_idx = _stratified_indices(full.y_train, n_val, start=n_fit)
+        x_train, y_train = _readonly(full.x_train[train_idx]), _readonly(full.y_train[train_idx])
+        x_val, y_val = _readonly(full.x_train[val_idx]), _readonly(full.y_train[val_idx])
+    else:
+        x_train, y_train = _subset(full.x_train, full.y_train, n_train)
+        x_val, y_val = full.x_train[:0], full.y_train[:0]
     x_test, y_test = _subset(full.x_test, full.y_test, n_test)
-    return Dataset(full.name, full.label, full.source, x_train, y_train, x_test, y_test)
+    return Dataset(full.name, full.label, full.source, x_train, y_train, x_test, y_test,
+                   x_val=x_val, y_val=y_val)
 
 
 def _check_subset_size(n: int | None, size: int, what: str) -> None:
@@ -148,18 +170,28 @@ def _check_subset_size(n: int | None, size: int, what: str) -> None:
         raise ConfigError(f"{what} must be an integer between 1 and {size}, got {n!r}")
 
 
-def _stratified_indices(labels: np.ndarray, n: int, seed: int = _SUBSET_SEED) -> np.ndarray:
-    """Indices of ``n`` examples, balanced over classes (counts differ by at most one while
-    every class has examples left), drawn by a fixed-seed permutation."""
+def _stratified_order(labels: np.ndarray, seed: int = _SUBSET_SEED) -> np.ndarray:
+    """Every index of ``labels`` in class-stratified order: a fixed-seed permutation, then
+    round-robin over classes (every class's k-th example before any class's (k+1)-th), so any
+    prefix is balanced over classes (counts differ by at most one while every class has
+    examples left). Entries are indices into ``labels``."""
     perm = np.random.default_rng(seed).permutation(len(labels))
     permuted = labels[perm]
     rank = np.empty(len(perm), dtype=np.int64)  # position of each example within its class
     for c in np.unique(permuted):
         members = np.flatnonzero(permuted == c)
         rank[members] = np.arange(len(members))
-    # Round-robin over classes: every class's k-th example before any class's (k+1)-th.
-    chosen = np.lexsort((np.arange(len(perm)), rank))[:n]
-    return perm[np.sort(chosen)]
+    return perm[np.lexsort((np.arange(len(perm)), rank))]
+
+
+def _stratified_indices(labels: np.ndarray, n: int, start: int = 0, seed: int = _SUBSET_SEED) -> np.ndarray:
+    """Indices of examples ``start .. start + n − 1`` of :func:`_stratified_order`, in the order
+    of the fixed-seed permutation (so a subset's row order does not depend on ``start``)."""
+    order = _stratified_order(labels, seed)[start:start + n]
+    perm = np.random.default_rng(seed).permutation(len(labels))
+    position = np.empty(len(perm), dtype=np.int64)
+    position[perm] = np.arange(len(perm))
+    return order[np.argsort(position[order], kind="stable")]
 
 
 def _subset(x: np.ndarray, y: np.ndarray, n: int | None) -> tuple[np.ndarray, np.ndarray]:

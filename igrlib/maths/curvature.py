@@ -41,7 +41,8 @@ from jax.flatten_util import ravel_pytree
 from matfree import decomp, stochtrace
 
 from igrlib.maths import loops
-from igrlib.config import ConfigError, check_choice, check_positive
+from igrlib.maths.models import num_params
+from igrlib.config import ConfigError, check_choice, check_int, check_positive
 
 Params = Any
 Batch = tuple[jax.Array, jax.Array]
@@ -151,17 +152,6 @@ def _flat_hvp(loss_fn: LossFn, params: Params, batches: Batch) -> Callable[[jax.
     return lambda v: ravel_pytree(hvp(loss_fn, params, batches, unravel(v)))[0]
 
 
-def _num_params(params: Params) -> int:
-    return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params))
-
-
-def _check_count(value: Any, name: str, low: int, high: int | None = None) -> None:
-    ok = isinstance(value, (int, np.integer)) and value >= low and (high is None or value <= high)
-    if not ok:
-        bound = f"[{low}, {high}]" if high is not None else f"≥ {low}"
-        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
-
-
 class Eigenpairs(NamedTuple):
     """Approximate eigenpairs of ``H``.
 
@@ -250,9 +240,9 @@ def top_eigenvalues(
     """
     check_choice(which, WHICH, "which")
     check_batches(batches)
-    m = _num_params(params)
-    _check_count(num_iters, "num_iters", 1, m)
-    _check_count(k, "k", 1, num_iters // 2 if which == "both" else num_iters)
+    m = num_params(params)
+    check_int(num_iters, "num_iters", 1, m)
+    check_int(k, "k", 1, num_iters // 2 if which == "both" else num_iters)
     lanczos = _lanczos_on_host if on_host else _lanczos
     values, vectors, residuals = lanczos(loss_fn, params, batches, key, num_iters)
     index = {
@@ -312,7 +302,7 @@ def power_iteration(
     ``‖Hv − λv‖``, and ``num_hvps`` the number of products used.
     """
     check_batches(batches)
-    _check_count(max_iters, "max_iters", 1)
+    check_int(max_iters, "max_iters", 1)
     check_positive(rtol, "rtol")
     i, value, vector, residual = _power(loss_fn, params, batches, key, max_iters, rtol)
     return Eigenpairs(
@@ -370,9 +360,9 @@ def hessian_trace(
     (``None``: one at a time, the least memory).
     """
     check_batches(batches)
-    _check_count(num_samples, "num_samples", 2)
+    check_int(num_samples, "num_samples", 2)
     if sample_batch is not None:
-        _check_count(sample_batch, "sample_batch", 1)
+        check_int(sample_batch, "sample_batch", 1)
     samples = np.asarray(_hutchinson(loss_fn, params, batches, key, num_samples, sample_batch))
     return TraceEstimate(
         float(samples.mean()),
@@ -436,9 +426,9 @@ def spectral_density(
     divided by ``m``.
     """
     check_batches(batches)
-    _check_count(num_iters, "num_iters", 1, _num_params(params))
-    _check_count(num_samples, "num_samples", 1)
-    _check_count(num_points, "num_points", 2)
+    check_int(num_iters, "num_iters", 1, num_params(params))
+    check_int(num_samples, "num_samples", 1)
+    check_int(num_points, "num_points", 2)
     if width is not None:
         check_positive(width, "width")
     nodes, weights = (np.asarray(a) for a in _slq(loss_fn, params, batches, key, num_samples, num_iters))

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from igrlib.config import check_choice, check_positive
+from igrlib.maths.models import num_params
 
 Params = Any
 PENALTY_METHODS: tuple[str, ...] = ("hvp", "double_backprop", "finite_difference")
@@ -44,14 +45,9 @@ def sq_norm(tree: Params) -> jax.Array:
     return sum(jnp.vdot(leaf, leaf).real for leaf in jax.tree_util.tree_leaves(tree))
 
 
-def num_leaves_size(tree: Params) -> int:
-    """``m``: the number of scalars in a pytree."""
-    return sum(leaf.size for leaf in jax.tree_util.tree_leaves(tree))
-
-
 def r_ig(grad: Params) -> jax.Array:
     """``R_IG = ‖∇E‖² / m``, the mean squared partial derivative of the loss (loss²/param²)."""
-    return sq_norm(grad) / num_leaves_size(grad)
+    return sq_norm(grad) / num_params(grad)
 
 
 def igr_lambda(h: float, m: int) -> float:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from igrlib.config import ConfigError, check_choice
+from igrlib.config import ConfigError, check_choice, check_int
 
 Params = Any
 State = Any
@@ -52,11 +52,6 @@ def _as_model(name: str, forward: Callable[[jax.Array, bool], jax.Array]) -> Mod
     return Model(name, init, apply)
 
 
-def _check_int(value: Any, name: str, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
 def mlp(width: int, depth: int = 5, num_classes: int = 10, activation: str = "relu") -> Model:
     """The paper's MLP: ``depth`` hidden layers of ``width`` units and a linear read-out.
 
@@ -66,9 +61,9 @@ def mlp(width: int, depth: int = 5, num_classes: int = 10, activation: str = "re
     variance 2/fan_in, so activations keep their scale through the depth) and LeCun (1/fan_in)
     for the smooth activations; biases start at zero.
     """
-    _check_int(width, "width")
-    _check_int(depth, "depth", minimum=0)
-    _check_int(num_classes, "num_classes")
+    check_int(width, "width")
+    check_int(depth, "depth", low=0)
+    check_int(num_classes, "num_classes")
     check_choice(activation, ACTIVATIONS, "activation")
     act = ACTIVATIONS[activation]
     gain = 2.0 if activation == "relu" else 1.0
@@ -117,7 +112,7 @@ def resnet18(width_multiplier: float = 1.0, num_classes: int = 10, bn_decay: flo
     """
     if not (isinstance(width_multiplier, (int, float)) and 0 < width_multiplier <= 8):
         raise ConfigError(f"width_multiplier must be in (0, 8], got {width_multiplier!r}")
-    _check_int(num_classes, "num_classes")
+    check_int(num_classes, "num_classes")
     if not 0 < bn_decay < 1:
         raise ConfigError(f"bn_decay must be in (0, 1), got {bn_decay!r}")
     widths = [max(1, round(c * width_multiplier)) for c in (64, 128, 256, 512)]

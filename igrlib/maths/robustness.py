@@ -21,7 +21,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from igrlib.config import ConfigError, check_choice, check_positive
+from igrlib.config import ConfigError, check_choice, check_int, check_positive
 from igrlib.maths.curvature import Batch, LossFn, Params, batch_mean, check_batches, full_loss
 
 NOISE_MODES: tuple[str, ...] = ("absolute", "relative")
@@ -61,11 +61,6 @@ def _check_grid(values: Any, name: str, nonnegative: bool = False) -> np.ndarray
     if nonnegative and np.any(array < 0):
         raise ConfigError(f"{name} must be ≥ 0, got {values!r}")
     return array
-
-
-def _check_int(value: Any, name: str, low: int) -> None:
-    if not isinstance(value, (int, np.integer)) or value < low:
-        raise ConfigError(f"{name} must be an integer ≥ {low}, got {value!r}")
 
 
 @partial(jax.jit, static_argnums=(0, 1, 2))
@@ -108,10 +103,10 @@ def noise_robustness(
     (``ddof=1``), ``stderr`` (``std/√num_draws``), ``num_draws``.
     """
     sigma_grid = _check_grid(sigmas, "sigmas", nonnegative=True)
-    _check_int(num_draws, "num_draws", 2)
+    check_int(num_draws, "num_draws", 2)
     check_choice(mode, NOISE_MODES, "mode")
     if draw_batch is not None:
-        _check_int(draw_batch, "draw_batch", 1)
+        check_int(draw_batch, "draw_batch", 1)
     clean = {name: np.asarray(value) for name, value in eval_fn(params, *args).items()}
     if not clean or any(value.ndim != 0 for value in clean.values()):
         raise ConfigError(f"eval_fn must return a non-empty dict of scalars, got shapes "
@@ -205,9 +200,9 @@ def loss_slope(
     """
     check_batches(batches)
     check_positive(radius, "radius")
-    _check_int(num_directions, "num_directions", 2)
+    check_int(num_directions, "num_directions", 2)
     if direction_batch is not None:
-        _check_int(direction_batch, "direction_batch", 1)
+        check_int(direction_batch, "direction_batch", 1)
     keys = jax.random.split(key, num_directions)
     grad_norm, slopes = _slopes(loss_fn, params, batches, keys, radius, direction_batch)
     slopes = np.asarray(slopes)

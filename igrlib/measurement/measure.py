@@ -29,7 +29,7 @@ from igrlib.maths import curvature, landscape, losses, robustness
 from igrlib.config import ConfigError, check_choice, check_positive
 from igrlib.io.data import Dataset
 from igrlib.maths.models import Model, num_params
-from igrlib.training.train import full_batch_grad_fn, split, split_eval_fn
+from igrlib.maths.objectives import full_batch_grad_fn, loss_fn, split, split_eval_fn
 
 
 @dataclass(frozen=True)
@@ -82,10 +82,11 @@ class MeasureConfig:
 def _fns(model: Model):
     """Jittable loss/eval functions of one model, built once so their compilations are reused."""
 
+    eval_loss = loss_fn(model, is_training=False)
+
     def batch_loss(params_and_state, batch):
         params, state = params_and_state
-        logits, _ = model.apply(params, state, batch[0], False)
-        return losses.cross_entropy(logits, batch[1])
+        return eval_loss(params, state, batch[0], batch[1])[0]
 
     eval_split = split_eval_fn(model)
     grad_fn = jax.jit(full_batch_grad_fn(model))
