@@ -51,7 +51,7 @@ def test_error_orders_on_two_parameter_model():
 
 
 def test_one_step_matches_paper_worked_check():
-    """PAPER.md §1 table (there integrated with RK4): ‖GD − flow‖ after one step."""
+    """A worked check of the book's backward-error-analysis chapter (flows integrated with RK4): ‖GD − flow‖ after one step."""
     with jax.enable_x64(True):
         E, theta0, hs = loss_fn(1.0, 0.6), jnp.array([2.8, 3.5]), [0.02, 0.01, 0.005]
         gf, first = bea.local_error(E, theta0, hs, 0), bea.local_error(E, theta0, hs, 1)

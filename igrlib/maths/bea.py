@@ -1,4 +1,4 @@
-"""Backward error analysis of gradient descent (PAPER.md §1).
+"""Backward error analysis of gradient descent (Barrett & Dherin 2021, Section 3 and Theorem 3.1).
 
 Notation: a loss ``E(θ)`` of a flat parameter vector ``θ ∈ R^m``, ``g = ∇E``, ``H = ∇²E``, the
 learning rate (step size) ``h`` in units of time, so GD step ``n`` sits at time ``t = n·h``.
@@ -136,7 +136,7 @@ def second_order_term(E: Loss) -> Field:
 
 
 def second_order_term_gradient_form(E: Loss) -> Field:
-    """``−∇[(1/12) gᵀHg] − (1/6) H²g`` (PAPER.md §1): equal to :func:`second_order_term`.
+    """``−∇[(1/12) gᵀHg] − (1/6) H²g`` (derived in the book's backward-error-analysis chapter): equal to :func:`second_order_term`.
 
     Kept separately so the identity can be checked; the gradient part uses reverse mode over
     one Hessian-vector product, ``H²g`` two Hessian-vector products.

@@ -1,6 +1,6 @@
 """Losses, the implicit gradient regularizer, and the gradient of a gradient-norm penalty.
 
-Notation (PAPER.md §1): ``E(θ)`` the mean training loss, ``g = ∇E``, ``H = ∇²E``, ``m`` the
+Notation (Barrett & Dherin 2021, Section 3): ``E(θ)`` the mean training loss, ``g = ∇E``, ``H = ∇²E``, ``m`` the
 number of parameters, ``h`` the learning rate.
 
 * ``R_IG(θ) = ‖∇E(θ)‖² / m`` and ``λ = h·m/4``, so the modified loss of gradient descent is

@@ -1,4 +1,4 @@
-"""Measurements of a trained network at its selected checkpoint (PAPER.md §2, §4).
+"""Measurements of a trained network at its selected checkpoint (the predictions of Barrett & Dherin 2021, Figures 2 and 3).
 
 :func:`measure` turns one network (model, parameters, state) and its data into the numbers the
 paper's Figures 2 and 3 plot:
