@@ -25,15 +25,15 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import book, conv, eigen, grid, machine, penalty, roofline, step, targets, torch_loop  # noqa: E402
+from bench import book, conv, eigen, executors, grid, machine, penalty, probes, roofline, step, targets, torch_loop  # noqa: E402
 from igrlib.io import paths, results  # noqa: E402
 
-SECTIONS = ("step", "penalty", "roofline", "grid", "eigen", "conv", "book")
+SECTIONS = ("step", "penalty", "roofline", "grid", "eigen", "conv", "probes", "executors", "book")
 RESULTS = paths.PROJECT_ROOT / "bench" / "results"
 QUICK_RESULTS = paths.PROJECT_ROOT / "build" / "bench"
 
 _STEPS = {50: 20, 200: 8, 800: 3}
-#: Full sizes (issue 7). Step, penalty and roofline share widths and steps per call, so the
+#: Full sizes. Step, penalty and roofline share widths and steps per call, so the
 #: penalty's plain step and the roofline's loops reuse the step section's compiled programs;
 #: at the quick sizes the curvature section's training also reuses the grid's one-run program.
 FULL: dict[str, dict[str, Any]] = {
@@ -46,6 +46,10 @@ FULL: dict[str, dict[str, Any]] = {
     "eigen": dict(width=200, n_train=10_000, hvp_batch=1000, train_epochs=6, learning_rate=0.1,
                   ref_iters=24, power_max=100),
     "conv": dict(width=0.0625, steps=8, repeats=7, batch_size=64),
+    "probes": dict(width=100, runs=8, n_train=10_000, n_val=5_000, n_test=10_000, batch_size=512,
+                   epochs=20, eval_every=2, repeats=3),
+    "executors": dict(epochs=(1, 4, 16), programs=4, runs=2, width=16, n_train=2048, n_test=512,
+                      batch_size=128, repeats=3, noop_programs=8),
     "book": {},
 }
 QUICK: dict[str, dict[str, Any]] = {
@@ -58,10 +62,14 @@ QUICK: dict[str, dict[str, Any]] = {
     "eigen": dict(width=16, n_train=256, hvp_batch=128, train_epochs=2, learning_rate=0.1,
                   ref_iters=8, power_max=10, batch_size=64, n_test=64, eval_every=1),
     "conv": dict(width=0.0625, steps=2, repeats=1, batch_size=8),
+    "probes": dict(width=16, runs=2, n_train=256, n_val=64, n_test=64, batch_size=64, epochs=5,
+                   eval_every=1, repeats=1),
+    "executors": dict(epochs=(1, 3), programs=2, runs=2, width=16, n_train=256, n_test=64,
+                      batch_size=64, repeats=1, noop_programs=4),
     "book": {},
 }
 RUNNERS = {"step": step.run, "penalty": penalty.run, "roofline": roofline.run, "grid": grid.run,
-           "eigen": eigen.run, "conv": conv.run, "book": book.run}
+           "eigen": eigen.run, "conv": conv.run, "executors": executors.run, "probes": probes.run, "book": book.run}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""The targets of issue 7, checked against a results dict of :mod:`bench.run`.
+"""The benchmark targets, checked against a results dict of :mod:`bench.run`.
 
 Each target is a measured value, a comparison and a limit:
 
@@ -9,7 +9,10 @@ Each target is a measured value, a comparison and a limit:
   the grid of the narrowest width (16 runs at width 50);
 * curvature: ``k_lanczos / k_power ≤ 1/3``;
 * roofline: the width-800 step at ``≥ 0.70`` of the dense-matmul FLOP/s;
-* convolutions (CPU): igrlib's ResNet-18 step ``≤ 1.1×`` a Python loop of one jitted step.
+* convolutions (CPU): igrlib's ResNet-18 step ``≤ 1.1×`` a Python loop of one jitted step;
+* probes: training with the ``cpu`` profile's default probes ``≤ 1.25×`` training without;
+* executors: a sweep of the longest programs on a fresh pool of two worker processes ``≤ 1×``
+  the same sweep in this process.
 
 A section absent from the results contributes no target.
 """
@@ -74,6 +77,18 @@ def check(sections: dict[str, Any]) -> list[dict[str, Any]]:
         out.append(target("conv-step-overhead", "conv",
                           f"ResNet-18 x{c['settings']['width']:g} step: igrlib / Python loop of a jitted step",
                           c["igrlib_over_python_loop"], "<=", 1.1))
+    if "probes" in sections:
+        p = sections["probes"]
+        out.append(target("probe-overhead", "probes",
+                          f"training with default probes / without, {p['settings']['runs']} runs "
+                          f"at width {p['settings']['width']}",
+                          p["overhead_ratio"], "<=", 1.25))
+    if "executors" in sections:
+        x = sections["executors"]
+        out.append(target("executors-longest", "executors",
+                          f"sweep of {x['settings']['programs']} programs of {x['settings']['epochs'][-1]} "
+                          "epochs: 2 fresh worker processes / in-process",
+                          x["longest_process_cold_over_inline"], "<=", 1.0))
     return out
 
 
