@@ -13,8 +13,9 @@ Reported: seconds per group of each, the overhead ratio ``t_probes / t_no_probes
 the per-repeat ratios; target ≤ 1.25, i.e. probes at most 25 % of the training time), and each
 probe's share: the median seconds of one call of :func:`igrlib.training.probes.measure` with that
 probe alone on one trained run, times the number of probe events of the group (runs × probe
-points), over ``t_no_probes``. The shares add up to about ``ratio − 1`` (the rest is the
-program's bookkeeping around the calls), and say which default to tune if the target is missed.
+points), over ``t_no_probes``: an estimate from separate timings (on a loaded machine their sum
+can differ from ``ratio − 1`` by tens of percent), which says which default to tune if the
+target is missed.
 """
 
 from __future__ import annotations
