@@ -124,23 +124,6 @@ def test_lanczos_which_selects_ends(problem):
             curvature.top_eigenvalues(mlp_loss, p, batches, key, **{"num_iters": 4, **bad})
 
 
-def test_power_iteration_converges_to_top(problem):
-    exact_top = problem["eigenvalues"][-1]
-    assert exact_top > abs(problem["eigenvalues"][0])  # power iteration finds the largest |λ|
-    result = curvature.power_iteration(
-        mlp_loss, problem["params"], problem["batches"], jax.random.key(1), max_iters=1000, rtol=1e-12
-    )
-    rel_err = abs(result.largest - exact_top) / exact_top
-    assert rel_err < 1e-6, f"relative error {rel_err} after {result.num_hvps} HVPs"
-    assert 2 < result.num_hvps < 1000
-    loose = curvature.power_iteration(
-        mlp_loss, problem["params"], problem["batches"], jax.random.key(1), max_iters=1000, rtol=1e-3
-    )
-    assert loose.num_hvps < result.num_hvps  # the tolerance stops it earlier
-    with pytest.raises(ConfigError):
-        curvature.power_iteration(mlp_loss, problem["params"], problem["batches"], jax.random.key(1), rtol=0)
-
-
 def test_hutchinson_trace(problem):
     H = problem["hessian"]
     exact = np.trace(H)

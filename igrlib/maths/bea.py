@@ -29,7 +29,7 @@ per loss ``E`` (a static argument: pass the same function object to reuse the pr
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any
 
 import diffrax
@@ -40,6 +40,7 @@ import pandas as pd
 from jax.flatten_util import ravel_pytree
 
 from igrlib.config import ConfigError, check_choice, check_positive
+from igrlib.maths import curvature
 
 Params = Any
 Loss = Callable[[jax.Array], jax.Array]
@@ -379,29 +380,25 @@ def fitted_orders(study: pd.DataFrame) -> pd.DataFrame:
 # --- break-down as h·λ_max → 2 -------------------------------------------------------------------
 
 
-@partial(jax.jit, static_argnames=("E", "iters"))
-def _power_iteration(E: Loss, theta: jax.Array, iters: int) -> jax.Array:
-    grad = jax.grad(E)
-
-    def hvp(v):
-        return jax.jvp(grad, (theta,), (v,))[1]
-
-    def body(_, v):
-        w = hvp(v)
-        return w / jnp.linalg.norm(w)
-
-    v0 = jax.random.normal(jax.random.key(0), theta.shape, theta.dtype)
-    v = jax.lax.fori_loop(0, iters, body, v0 / jnp.linalg.norm(v0))
-    return jnp.vdot(v, hvp(v))
-
-
-def sharpness(E: Loss, theta: jax.Array, iters: int = 500) -> float:
-    """``λ_max(H(θ))`` by power iteration on Hessian-vector products (units of loss/θ²).
-
-    Power iteration finds the eigenvalue of largest modulus; near a minimum that is ``λ_max``.
-    """
+def sharpness(E: Loss, theta: jax.Array, iters: int = 60) -> float:
+    """``λ_max(H(θ))``, the top eigenvalue of the Hessian of ``E`` at θ (units of loss/θ²), by
+    ``min(iters, m)`` Lanczos steps (:func:`igrlib.maths.curvature.top_eigenvalues`, the book's one
+    sharpness estimator; with ``m`` steps it is exact up to rounding)."""
     _check_steps(iters)
-    return float(_power_iteration(E, jnp.asarray(theta), iters))
+    theta = jnp.asarray(theta)
+    return curvature.top_eigenvalues(_whole_loss(E), theta, _NO_BATCH, jax.random.key(0),
+                                     num_iters=min(iters, theta.size)).largest
+
+
+#: A single empty batch: ``E`` here is a function of θ alone.
+_NO_BATCH = (jnp.zeros((1, 1)), jnp.zeros((1, 1)))
+
+
+@lru_cache(maxsize=64)
+def _whole_loss(E: Loss):
+    """``E`` in the curvature calling convention ``(θ, batch) -> E(θ)`` (one object per ``E``, so
+    compilations are reused)."""
+    return lambda theta, batch: E(theta)
 
 
 def breakdown(E: Loss, theta0: jax.Array, zs) -> pd.DataFrame:

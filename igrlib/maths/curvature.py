@@ -21,7 +21,8 @@ should travel in ``batches``.
 Estimators (units: loss per parameter², the units of ``H``):
 
 * :func:`top_eigenvalues`: extreme eigenvalues by Lanczos with full reorthogonalisation
-  (``matfree.decomp.tridiag_sym``); :func:`power_iteration`, the reference method of PyHessian;
+  (``matfree.decomp.tridiag_sym``), the book's one sharpness estimator (it reaches the top
+  eigenvalue in far fewer products than PyHessian's power iteration, see the Performance page);
 * :func:`hessian_trace`: Hutchinson's estimator ``tr H ≈ (1/n) Σ_i v_iᵀ H v_i`` with Rademacher
   ``v_i`` (``matfree.stochtrace``), with its standard error;
 * :func:`spectral_density`: stochastic Lanczos quadrature (Ghorbani, Krishnan & Xiao 2019).
@@ -256,60 +257,6 @@ def top_eigenvalues(
         jax.vmap(unravel)(vectors[index]),
         np.asarray(residuals)[index],
         num_iters,
-    )
-
-
-@partial(jax.jit, static_argnums=0)
-def _power(loss_fn, params, batches, key, max_iters, rtol):
-    flat, unravel = ravel_pytree(params)
-    matvec = _flat_hvp(loss_fn, params, batches)
-    v = jax.random.normal(key, flat.shape, flat.dtype)
-    v = v / jnp.linalg.norm(v)
-
-    def not_converged(state):
-        i, _, _, value, previous, _ = state
-        change = jnp.abs(value - previous) > rtol * jnp.abs(value)
-        return (i < max_iters) & ((i < 2) | change)
-
-    def step(state):
-        i, v, _, value, _, _ = state
-        w = matvec(v)
-        rayleigh = jnp.vdot(v, w)
-        residual = jnp.linalg.norm(w - rayleigh * v)
-        return i + 1, w / jnp.linalg.norm(w), v, rayleigh, value, residual
-
-    zero = jnp.zeros((), flat.dtype)
-    init = (jnp.asarray(0), v, v, zero, zero, zero)
-    i, _, vector, value, _, residual = lax.while_loop(not_converged, step, init)
-    return i, value, unravel(vector), residual
-
-
-def power_iteration(
-    loss_fn: LossFn,
-    params: Params,
-    batches: Batch,
-    key: jax.Array,
-    max_iters: int = 100,
-    rtol: float = 1e-3,
-) -> Eigenpairs:
-    """Dominant eigenvalue of ``H`` by power iteration, as PyHessian computes the top eigenvalue.
-
-    Iterates ``v ← Hv/‖Hv‖`` from a Gaussian ``v`` (drawn with ``key``) and stops after
-    ``max_iters`` products or once the Rayleigh quotient ``λ = vᵀHv`` changes by at most
-    ``rtol·|λ|`` between two iterations. Converges to the eigenvalue of largest modulus, which
-    is the top eigenvalue unless the most negative one is larger in modulus. Returns
-    :class:`Eigenpairs` with one pair, ``(λ, v)`` for the last ``v`` multiplied, its residual
-    ``‖Hv − λv‖``, and ``num_hvps`` the number of products used.
-    """
-    check_batches(batches)
-    check_int(max_iters, "max_iters", 1)
-    check_positive(rtol, "rtol")
-    i, value, vector, residual = _power(loss_fn, params, batches, key, max_iters, rtol)
-    return Eigenpairs(
-        np.asarray(value)[None],
-        jax.tree.map(lambda a: a[None], vector),
-        np.asarray(residual)[None],
-        int(i),
     )
 
 
