@@ -162,6 +162,9 @@ def robustness_curves(runs: pd.DataFrame, metric: str = "test_acc",
             ax.plot(mean.index, mean, "o-", color=colours[lr], label=f"$h$ = {lr:g}")
             ax.fill_between(mean.index, mean - se, mean + se, color=colours[lr], alpha=0.2)
         ax.set(title=f"width {width}", xlabel=r"relative noise $\sigma$")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+    # no y tick at the bottom, where it would meet the σ = 0 tick in the corner
+    axes[0].yaxis.set_major_locator(plt.MaxNLocator(5, prune="lower"))
     axes[0].set_ylabel(LABELS.get(metric, metric.replace("_", " ")))
     shared_legend(fig, axes[0], variant)
     return fig
@@ -238,3 +241,28 @@ def table(df: pd.DataFrame, first: Sequence[str] = MEASURED, headers: dict[str, 
     out = df[columns].rename(columns=lambda c: names.get(c, str(c).replace("_", " ")))
     floats = [c for c, t in out.dtypes.items() if pd.api.types.is_float_dtype(t)]
     return out.style.hide(axis="index").format(f"{{:.{digits}g}}", subset=floats, na_rep="–")
+
+
+def trajectories(frame: pd.DataFrame, quantities: Sequence[str] = ("train_loss", "r_ig", "h_lambda_max"),
+                 variant: Variant = "paper") -> Figure:
+    """Probed quantities against epoch, one panel per quantity, one line per run (colour: the
+    learning rate; line style: the seed). ``frame`` is the tidy probe frame of
+    :func:`igrlib.experiments.common.trajectories`. Losses and R_IG on log axes; a panel of
+    ``h_lambda_max`` or ``stability`` marks the linear-stability edge at 2."""
+    fig, axes = figures.subplots(len(quantities), variant, sharex=True)
+    colours = _palette(frame["learning_rate"])
+    styles = dict(zip(sorted(frame["seed"].unique()), ("-", "--", ":", "-.")))
+    labels = {"train_loss": "training loss $E$ (nats)", "h_lambda_max": r"$h\,\lambda_{max}$",
+              "stability": "stability quantity", **LABELS}
+    for ax, quantity in zip(axes, quantities):
+        sub = frame[frame["quantity"] == quantity]
+        for (lr, seed), run in sub.groupby(["learning_rate", "seed"]):
+            ax.plot(run["epoch"], run["value"], color=colours[lr], ls=styles.get(seed, "-"), lw=1.2,
+                    label=f"$h$ = {lr:g}" if seed == sub["seed"].min() else None)
+        if quantity in ("h_lambda_max", "stability"):
+            ax.axhline(2.0, color="0.4", lw=1, ls=":")
+        if quantity in ("train_loss", "r_ig"):
+            ax.set_yscale("log")
+        ax.set(xlabel="epoch", ylabel=labels.get(quantity, quantity.replace("_", " ")))
+    shared_legend(fig, axes[0], variant)
+    return fig

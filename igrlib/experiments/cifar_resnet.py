@@ -1,8 +1,8 @@
-"""ResNet-18 on CIFAR-10: implicit and explicit gradient regularization (PAPER.md §6).
+"""ResNet-18 on CIFAR-10: implicit and explicit gradient regularization (Barrett & Dherin 2021, Section 5).
 
 Protocol: the CIFAR ResNet-18 of :func:`igrlib.maths.models.resnet18` (3x3 stem, no max-pool, batch
 norm; ``width_multiplier`` scales every stage's channels), cross-entropy, plain SGD with batch
-512 over the learning rates {0.005, 0.01, 0.05, 0.1, 0.2} (PAPER.md §6), no data augmentation
+512 over the learning rates {0.005, 0.01, 0.05, 0.1, 0.2} (Barrett & Dherin 2021, Section 5 and its appendix), no data augmentation
 and no weight decay (the paper gives neither: our choice). Two arms:
 
 * **plain**: every learning rate, no penalty; IGR predicts R_IG down and test accuracy up with h;

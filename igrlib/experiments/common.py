@@ -15,6 +15,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
+import pandas as pd
 
 from igrlib.io import data as data_mod
 from igrlib.maths import losses
@@ -119,3 +120,29 @@ def run_group(configs: Sequence[Mapping[str, Any]], progress: bool = True) -> li
     data = load_data(train_cfgs[0])
     results = train_group(train_cfgs, data, progress=progress)
     return [outcome(r, data, measure_config) for r in results]
+
+
+#: Config columns that identify a run in a trajectory frame, where a frame has them.
+RUN_COLUMNS = ("id", "method", "width", "width_multiplier", "learning_rate", "mu", "seed", "status")
+
+
+def trajectories(runs: pd.DataFrame) -> pd.DataFrame:
+    """The probes of every run as a tidy frame: one row per (run, probe evaluation, quantity),
+    columns :data:`RUN_COLUMNS` (those present), ``step``, ``epoch``, ``quantity`` (the probe's
+    name without its ``probe_`` prefix: ``train_loss``, ``r_ig``, ``lambda_max``,
+    ``h_lambda_max``, ``stability``, ``hessian_trace``, ``hessian_trace_se``, ``param_norm``) and
+    ``value``. Runs recorded without probes contribute no rows."""
+    rows = []
+    for _, run in runs.iterrows():
+        h = run["history"]
+        if "probe_step" not in h:
+            continue
+        ident = {c: run[c] for c in RUN_COLUMNS if c in run.index}
+        for name, values in h.items():
+            if not name.startswith("probe_") or name in ("probe_step", "probe_epoch"):
+                continue
+            for step, epoch, value in zip(h["probe_step"], h["probe_epoch"], values):
+                rows.append({**ident, "step": step, "epoch": epoch, "quantity": name[len("probe_"):],
+                             "value": value})
+    return pd.DataFrame(rows, columns=[*[c for c in RUN_COLUMNS if c in runs.columns],
+                                       "step", "epoch", "quantity", "value"])

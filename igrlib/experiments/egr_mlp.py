@@ -1,4 +1,4 @@
-"""Explicit gradient regularization on MNIST MLPs (PAPER.md §5).
+"""Explicit gradient regularization on MNIST MLPs (Barrett & Dherin 2021, Section 5).
 
 Two arms on one data protocol (that of :mod:`igrlib.experiments.mnist_mlp`: ReLU MLPs with
 ``depth`` hidden layers, cross-entropy, mini-batch SGD with batch 512, the training-accuracy
@@ -56,10 +56,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
     "cpu": dict(
         width=(50,), small_lr=(0.02,), mu=(0.0, 0.0075, 0.02, 0.12, 0.25, 0.5),
-        plain_lr=(0.05, 0.1, 0.5), seed=(0, 1, 2),
+        plain_lr=(0.05, 0.1, 0.5), seed=(0, 1, 2, 3, 4),
         base=dict(epochs=60, n_train=10_000, n_val=5_000, n_test=10_000, eval_every=2, patience=5,
-                  thresholds=(0.95, 0.97), probe_every=5, probe_examples=512,
-                  probe_lanczos_iters=10, probe_trace_samples=5),
+                  thresholds=(0.95, 0.97), probe_every=6, probe_examples=512,
+                  probe_lanczos_iters=8, probe_trace_samples=4),
         measure=dict(curvature_examples=1024, lanczos_iters=12, trace_samples=10,
                      slope_directions=5, noise_draws=3, slices=False),
         cost_widths=(200, 800), cost_batch=512,

@@ -1,4 +1,4 @@
-"""The paper's two-parameter model (Figure 1; PAPER.md §3).
+"""The paper's two-parameter model (Figure 1; Barrett & Dherin 2021, Section 3).
 
 One data point ``(x, y)``, parameters ``θ = (a, b)``, prediction ``a·b·x`` and loss
 ``E(a, b) = ½ r²`` with residual ``r = y − a·b·x``. Its facts, all exact:

@@ -41,9 +41,9 @@ import pandas as pd
 from igrlib.io import paths
 from igrlib.config import ConfigError, resolve_profile
 
-STATUSES = ("ok", "diverged", "collapsed", "failed")
+STATUSES = ("ok", "diverged", "dead", "collapsed", "failed")
 #: Failed runs (an exception, not a property of the run) are retried; the others are final.
-FINAL_STATUSES = ("ok", "diverged", "collapsed")
+FINAL_STATUSES = ("ok", "diverged", "dead", "collapsed")
 PACKAGES = ("jax", "jaxlib", "dm-haiku", "optax", "numpy", "matfree", "diffrax")
 
 
