@@ -286,15 +286,22 @@ def test_a_worker_killed_mid_program_leaves_its_runs_to_the_next_sweep(tmp_path,
     """SIGKILL the worker of a program after its first group: the pool breaks, the driver records
     the death, and the next sweep redoes exactly the runs without a final record."""
     store = _store(tmp_path)
-    grid = FAKE.grid(sleep=0.4)
+    grid = FAKE.grid(sleep=1.0)
     done: dict = {}
     driver = threading.Thread(target=lambda: done.setdefault("df", sweep.run(
         FAKE, grid, store=store, executor="process", workers=2, retries=0, verbose=False)))
     driver.start()
-    _wait(lambda: list(store.path.glob("[0-9a-f]*.json")), "a first record")
-    first = json.loads(next(store.path.glob("[0-9a-f]*.json")).read_text())
-    program = executors.program_id([c for c in grid if c["program"] == first["config"]["program"]])
+
+    def first_group_stored() -> int | None:
+        """The program whose first group's two records are stored, if any."""
+        stored = Counter(json.loads(f.read_text())["config"]["program"]
+                         for f in store.path.glob("[0-9a-f]*.json"))
+        return next((p for p, n in stored.items() if n >= 2), None)
+
+    _wait(lambda: first_group_stored() is not None, "a first group")
+    program = executors.program_id([c for c in grid if c["program"] == first_group_stored()])
     holder = leases.holder(store.path / "leases", program)
+    assert holder is not None, "the program finished before it could be killed"
     os.kill(holder["pid"], signal.SIGKILL)
     driver.join(timeout=120)
     assert not driver.is_alive()
