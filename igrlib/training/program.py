@@ -280,6 +280,10 @@ def train_group(configs: Sequence[TrainConfig], data: Dataset, progress: bool = 
     n = len(configs)
     seeds = jnp.asarray([c.seed for c in configs], jnp.uint32)
     hps = {k: jnp.asarray([c.vmapped()[k] for c in configs], jnp.float32) for k in cfg.vmapped()}
+    runs_sharding = _runs_sharding(n) if prog.batched else None
+    if runs_sharding is not None:
+        # every per-run array follows its seed onto one device; jit propagates the placement
+        seeds, hps = jax.device_put((seeds, hps), runs_sharding)
     x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
     splits = {"train": objectives.split(data.x_train, data.y_train),
               "test": objectives.split(data.x_test, data.y_test)}
@@ -351,6 +355,18 @@ def train_group(configs: Sequence[TrainConfig], data: Dataset, progress: bool = 
             history=h, selections=sels, params=_row(host["params"], i), state=_row(host["state"], i),
             num_params=m, wall_time_s=wall / n))
     return results
+
+
+def _runs_sharding(n: int) -> jax.sharding.NamedSharding | None:
+    """The placement of a group of ``n`` runs over the local devices (the leading, per-run axis
+    split over a one-dimensional mesh), or None when there is one device or ``n`` does not divide
+    evenly over them: a vmapped group then runs as one SPMD program, each device training its
+    share of the runs, with numbers equal to the unsharded program's."""
+    devices = jax.local_devices()
+    if len(devices) < 2 or n % len(devices):
+        return None
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("runs",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("runs"))
 
 
 def _probe(prog: Program, carry: dict, configs: Sequence[TrainConfig], data: probes_mod.ProbeData,
