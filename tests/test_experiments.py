@@ -181,3 +181,37 @@ def test_describe_states_everything_that_shapes_a_result():
     spec = mnist_mlp.within_width_grid()
     assert {c["train"]["n_train"] for c in spec} == {None} and len({c["train"]["seed"] for c in spec}) >= 3
     assert len({c["train"]["learning_rate"] for c in spec}) == 3 and len({c["train"]["width"] for c in spec}) == 1
+
+
+def test_verdicts_on_two_disjoint_seed_sets():
+    a = mnist_mlp.findings(_fake_mnist_runs(), 1.0)
+    runs_b = _fake_mnist_runs().assign(seed=lambda f: f["seed"] + 5)
+    same = mnist_mlp.with_seed_sets(a, mnist_mlp.findings(runs_b, 1.0)).set_index("claim")
+    row = same.loc["2.3 within width 50: test accuracy rises with h"]
+    assert (row["verdict (A)"], row["verdict (B)"], row["stability"], row["verdict"]) == \
+        ("reproduced", "reproduced", "holds on both seed sets", "reproduced")
+    assert list(same.index) == list(a["claim"]) and row["effect"] == a.set_index("claim").loc[row.name, "effect"]
+    # on set B accuracy FALLS with h: the row that set A reproduces is unstable, the others hold
+    flipped = runs_b.assign(test_acc=lambda f: 1.82 - f["test_acc"])
+    both = mnist_mlp.with_seed_sets(a, mnist_mlp.findings(flipped, 1.0)).set_index("claim")
+    row = both.loc["2.3 within width 50: test accuracy rises with h"]
+    assert (row["verdict (A)"], row["verdict (B)"], row["verdict"]) == ("reproduced", "not reproduced", "unstable")
+    assert both.loc["2.1 within width 50: R_IG falls with h", "verdict"] == "reproduced"
+    assert mnist_mlp.with_seed_sets(a, None) is a
+
+
+@pytest.mark.parametrize("seeds_b, match", [([2, 5], "disjoint.*both hold \\[2\\]"), (3, "not a count"),
+                                            ([5, -1], "integers >= 0"), ([True], "integers >= 0")])
+def test_second_seed_set_is_disjoint_and_a_list(seeds_b, match):
+    with pytest.raises(ConfigError, match=match):
+        mnist_mlp.seed_set_b("cpu", seeds_b, [0, 1, 2])
+
+
+def test_profiles_name_a_disjoint_second_seed_set_at_cpu_only():
+    from igrlib.experiments import egr_mlp
+    for module in (mnist_mlp, egr_mlp):
+        assert module.seed_set_b("cpu", None, range(5)) == (5, 6, 7, 8, 9)
+        assert module.seed_set_b("smoke", None, [0, 1]) == () == module.seed_set_b("paper", None, [0, 1, 2])
+        assert module.seed_set_b("smoke", [7, 8], [0, 1]) == (7, 8)
+    assert "no second seed set" in mnist_mlp.seed_sets_note([0, 1], ())
+    assert "B = [5, 6]" in mnist_mlp.seed_sets_note([0, 1], (5, 6))

@@ -15,7 +15,8 @@ The penalty is written ``μ‖∇E‖²`` (the book's form); in R_IG units it is
 
 Profiles (:data:`PROFILES`): ``paper`` two widths on the full data with the paper's learning
 rates for the plain arm; ``cpu`` one width on a 10k-example subset with an epoch budget that a
-loaded 2-core machine runs in minutes; ``smoke`` only checks that everything runs.
+loaded 2-core machine runs in minutes; ``smoke`` only checks that everything runs. ``seeds_b``:
+a second, disjoint seed set for the stability of the verdicts (see :func:`seed_set_b`).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   probe_trace_samples=2),
         measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=6, trace_samples=4,
                      slope_directions=3, noise_draws=2, sigmas=(0.0, 0.1), slices=False),
-        cost_widths=(16,), cost_batch=512,
+        cost_widths=(16,), cost_batch=512, seeds_b=(),
     ),
     "cpu": dict(
         width=(50,), small_lr=(0.02,), mu=(0.0, 0.0075, 0.02, 0.12, 0.25, 0.5),
@@ -62,7 +63,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   probe_lanczos_iters=8, probe_trace_samples=4),
         measure=dict(curvature_examples=1024, lanczos_iters=12, trace_samples=10,
                      slope_directions=5, noise_draws=3, slices=False),
-        cost_widths=(200, 800), cost_batch=512,
+        cost_widths=(200, 800), cost_batch=512, seeds_b=(5, 6, 7, 8, 9),
     ),
     "paper": dict(
         width=(200, 800), small_lr=(0.005,),
@@ -71,7 +72,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         base=dict(epochs=2000, eval_every=1, patience=20, n_val=5_000, probe_every=10,
                   probe_examples=2048),
         measure=dict(curvature_examples=10_240, trace_samples=50, noise_draws=10, slices=False),
-        cost_widths=(200, 800), cost_batch=512,
+        cost_widths=(200, 800), cost_batch=512, seeds_b=(),
     ),
 }
 BASE = mnist_mlp.BASE
@@ -196,6 +197,11 @@ def findings_of(df: pd.DataFrame, threshold: float) -> pd.DataFrame:
     add("too large μ hurts", large, "mu", "test_acc", -1, f"ρ(μ, test acc), μ ≥ {limit:g}, every run",
         images, minima=False)
     return stats.finish(rows, threshold)
+
+
+def seed_set_b(profile: str | None, seeds_b: Sequence[int] | None, seeds_a: Sequence[int]) -> tuple[int, ...]:
+    """:func:`mnist_mlp.seed_set_b` for this experiment's :data:`PROFILES`."""
+    return mnist_mlp.seed_set_b(profile, seeds_b, seeds_a, PROFILES)
 
 
 def arm_effects(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:

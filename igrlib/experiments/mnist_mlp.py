@@ -7,7 +7,9 @@ the whole training split there.
 
 Profiles (:data:`PROFILES`): ``paper`` is the paper's grid on the full data; ``cpu`` is a reduced
 grid (3 widths, 4 learning rates, 3 seeds, a 10k-example training subset, an epoch budget) that
-a 2-core machine runs in minutes; ``smoke`` only checks that everything runs.
+a 2-core machine runs in minutes; ``smoke`` only checks that everything runs. ``seeds_b`` is a
+second seed set, disjoint from the first, on which the chapter recomputes every verdict
+(:func:`seed_set_b`, :func:`with_seed_sets`); empty: the profile has none.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from igrlib.maths import stats
-from igrlib.config import axis_values, check_keys, resolve_profile
+from igrlib.config import ConfigError, axis_values, check_keys, resolve_profile
 from igrlib.experiments import common
 from igrlib.measurement.measure import MeasureConfig
 from igrlib.training.config import TrainConfig
@@ -38,18 +40,21 @@ PROFILES: dict[str, dict[str, Any]] = {
         measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=6, trace_samples=4,
                      slope_directions=3, noise_draws=2, sigmas=(0.0, 0.1, 0.3),
                      slice_points_1d=5, slice_points_2d=3),
+        seeds_b=(),
     ),
     "cpu": dict(
         axes=dict(width=(50, 100, 200), learning_rate=(0.5, 0.1, 0.05, 0.01), seed=(0, 1, 2, 3, 4)),
         base=dict(epochs=150, n_train=10_000, n_val=5_000, n_test=10_000, eval_every=2, patience=10,
                   probe_every=6, probe_examples=512, probe_lanczos_iters=8, probe_trace_samples=4),
         measure=dict(),
+        seeds_b=(5, 6, 7, 8, 9),
     ),
     "paper": dict(
         axes=dict(width=PAPER_WIDTHS, learning_rate=PAPER_LEARNING_RATES, seed=(0, 1, 2)),
         base=dict(epochs=2000, eval_every=1, patience=20, n_val=5_000, probe_every=10,
                   probe_examples=2048),
         measure=dict(curvature_examples=10_240, trace_samples=50, noise_draws=10),
+        seeds_b=(),
     ),
 }
 BASE = dict(dataset="mnist", model="mlp", depth=5, activation="relu", method="sgd",
@@ -188,6 +193,55 @@ def findings(runs: pd.DataFrame, threshold: float = 1.0,
         add(f"2.4 noise costs less accuracy with h (σ={rob['sigma'].iloc[0]:g}, relative)", rob,
             "learning_rate", "robustness_drop", -1, "ρ(h, clean − noisy test acc), pooled")
     return stats.finish(rows, threshold)
+
+
+def seed_set_b(profile: str | None, seeds_b: Sequence[int] | None, seeds_a: Sequence[int],
+               profiles: Mapping[str, Mapping[str, Any]] | None = None) -> tuple[int, ...]:
+    """The second seed set of a chapter: ``seeds_b`` (None: the profile's ``seeds_b`` entry of
+    ``profiles``, default :data:`PROFILES`; an empty list: none), checked to share no seed with
+    ``seeds_a``, the seeds of the first set: a verdict that holds on both then rests on
+    independent runs. Raises :class:`ConfigError` on an overlap, a seed that is not an int ≥ 0 or a scalar."""
+    spec = (PROFILES if profiles is None else profiles)[resolve_profile(profile)]
+    if seeds_b is not None and not isinstance(seeds_b, (list, tuple)):
+        raise ConfigError(f"seeds_b must be a list of seeds (not a count: it must avoid the first "
+                          f"set), got {seeds_b!r}")
+    chosen = tuple(spec["seeds_b"] if seeds_b is None else seeds_b)
+    if any(isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0 for s in chosen):
+        raise ConfigError(f"seeds_b must be integers >= 0, got {list(chosen)!r}")
+    shared = sorted(set(chosen) & set(seeds_a))
+    if shared:
+        raise ConfigError(f"seeds_b must be disjoint from the first seed set {sorted(set(seeds_a))}; "
+                          f"both hold {shared}")
+    return tuple(int(s) for s in chosen)
+
+
+def with_seed_sets(table_a: pd.DataFrame, table_b: pd.DataFrame | None) -> pd.DataFrame:
+    """A findings table computed on seed set A with the verdict on the disjoint set B beside each
+    row (:func:`igrlib.maths.stats.compare_seed_sets`): columns ``value`` and ``verdict (A)``
+    from A, ``verdict (B)``, ``stability`` ("holds on both seed sets" or "unstable") and
+    ``verdict``, the common verdict or "unstable", so a row says *reproduced* only when both
+    sets say it. ``table_b`` None (no second set): ``table_a`` unchanged."""
+    if table_b is None:
+        return table_a
+    keys = [k for k in ("threshold", "claim") if k in table_a and k in table_b]
+    both = stats.compare_seed_sets(table_a, table_b, keys)
+    # A's rows in A's order (an outer merge sorts its keys), then any row only B could compute
+    rest = table_a.drop(columns=["verdict", "value"])
+    out = rest[keys].merge(both, on=keys, how="outer", sort=False, indicator=True)
+    out = pd.concat([rest.merge(both, on=keys, how="left", sort=False),
+                     out[out["_merge"] == "right_only"].drop(columns="_merge")], ignore_index=True)
+    out = out.rename(columns={"value_A": "value", "verdict_A": "verdict (A)", "verdict_B": "verdict (B)"})
+    return out.drop(columns=["value_B"])
+
+
+def seed_sets_note(seeds_a: Sequence[int], seeds_b: Sequence[int]) -> str:
+    """One Markdown sentence saying on which seed sets the verdicts rest."""
+    if not seeds_b:
+        return (f"**Seed sets.** This profile has no second seed set (`seeds_b` is empty): every "
+                f"verdict rests on seeds {sorted(seeds_a)} alone and none is checked for stability.")
+    return (f"**Seed sets.** Every verdict is computed twice, on seeds A = {sorted(seeds_a)} and on "
+            f"the disjoint seeds B = {sorted(seeds_b)}; *verdict* keeps it only where both agree "
+            f"and says *unstable* otherwise, so *reproduced* means reproduced on both.")
 
 
 def survivorship(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
