@@ -3,7 +3,9 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
+import sympy as sp
 
 from igrlib.maths import bea
 from igrlib.config import ConfigError
@@ -17,7 +19,8 @@ POINTS = [(2.8, 3.5), (0.3, -1.7), (1.0, 0.7), (-0.5, 2.2)]
 @pytest.fixture(scope="module")
 def cfg():
     # rates up to just below h* ≈ 0.1087, where GD from (2.8, 3.5) switches branch
-    return tp.config("smoke", h_grid=tuple(np.linspace(0.002, 0.108, 40)), h_beyond=(0.12, 0.16),
+    # and beyond: on the mirror branch at 0.12 and 0.16, back on a, b > 0 at 0.2
+    return tp.config("smoke", h_grid=tuple(np.linspace(0.002, 0.108, 40)), h_beyond=(0.12, 0.16, 0.2),
                      norm_horizon=50.0)
 
 
@@ -80,8 +83,42 @@ def test_final_norm_decreases_with_learning_rate(cfg):
         mf = table[(table.method == f"modified flow ({order} order)") & (table.region == "grid")]
         assert np.all(np.diff(mf.norm.to_numpy()) < 0)
         assert abs(mf.norm.iloc[0] - gd.norm.iloc[0]) < 0.1 * abs(gf_norm - gd.norm.iloc[0])
-    beyond = table[(table.method == "GD") & (table.region == "beyond")]
-    assert np.all(beyond.branch == "a,b<0")
+    beyond = table[(table.method == "GD") & (table.region == "beyond")].set_index("h")
+    assert list(beyond.branch) == ["a,b<0", "a,b<0", "a,b>0"]
+    # not monotone beyond h*: the norm rises on the mirror branch, then GD returns next to the
+    # flattest minimum (0.7746, 0.7746) at h = 0.2
+    assert beyond.norm[0.12] < beyond.norm[0.16] and beyond.norm[0.2] < tp.min_norm(X, Y) + 0.01
+    np.testing.assert_allclose(beyond.loc[0.2, ["a", "b"]].to_numpy(float), [0.7393, 0.8115], atol=1e-3)
+    assert tp.branch_switch(table) == (0.108, 0.12)
+
+
+def test_branch_switch_needs_a_bracket():
+    rows = lambda branches: pd.DataFrame(dict(method="GD", h=[0.1, 0.2, 0.3], branch=branches))  # noqa: E731
+    assert tp.branch_switch(rows(["a,b>0", "a,b<0", "a,b>0"])) == (0.1, 0.2)
+    for branches in (["a,b>0"] * 3, ["a,b<0"] * 3, ["a,b<0", "a,b>0", "a,b>0"]):
+        with pytest.raises(ConfigError, match="bracket"):
+            tp.branch_switch(rows(branches))
+
+
+def test_second_order_field_of_the_model_is_not_a_gradient():
+    """f₂ = ⅓f′f′f + ¹⁄₁₂f″(f, f), f = −∇E, for E = ½(y − abx)², derived with sympy: its curl is
+    −(x⁵/3)(a − b)(a + b)(a² + b²)(abx − y), zero only on a = ±b and on the minima; and the same
+    f₂ is what bea.second_order_term computes, at every test point."""
+    a, b, x, y = sp.symbols("a b x y", real=True)
+    theta = sp.Matrix([a, b])
+    f = -sp.Matrix([sp.diff(sp.Rational(1, 2) * (y - a * b * x) ** 2, v) for v in theta])
+    jac = f.jacobian(theta)
+    fpp = sp.Matrix([sum(sp.diff(f[i], theta[j], theta[k]) * f[j] * f[k]
+                         for j in range(2) for k in range(2)) for i in range(2)])
+    f2 = jac * jac * f / 3 + fpp / 12
+    curl = sp.diff(f2[1], a) - sp.diff(f2[0], b)
+    assert sp.expand(curl + x**5 / 3 * (a - b) * (a + b) * (a**2 + b**2) * (a * b * x - y)) == 0
+    numeric = sp.lambdify((a, b, x, y), list(f2))
+    with jax.enable_x64(True):
+        field = bea.second_order_term(tp.loss_fn(X, Y))
+        for point in POINTS:
+            np.testing.assert_allclose(field(jnp.asarray(point, jnp.float64)), numeric(*point, X, Y),
+                                       rtol=1e-12, atol=1e-12)
 
 
 def test_trajectories_converge_from_both_starts(cfg):

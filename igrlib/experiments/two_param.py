@@ -22,7 +22,10 @@ at the minima GD reaches from there it is ``2/(x²(a² + b²)) ≥ 0.43``. We ta
   at every step and GD lands on a minimum where ``h_L x²(a² + b²) ≈ 0.19``, far inside the bound.
   Up to ``h* ≈ 0.1087`` GD ends on the branch ``a, b > 0`` it started on, at smaller norm the
   larger ``h`` (at ``h*`` on the flattest minimum itself); above it the first steps carry it to
-  the mirror branch ``a, b < 0``, and the final norm rises again.
+  the mirror branch ``a, b < 0``, where the final norm rises to a peak (near ``h ≈ 0.17``) and
+  falls again; by ``h = 0.2`` GD is back on ``a, b > 0``, at ``(0.739, 0.812)`` next to the
+  flattest minimum. The curve of final norm against ``h`` is not monotone beyond ``h*``
+  (:func:`branch_switch` finds ``h*`` from the computed endpoints).
 
 The far start ``(75, 74.925)`` has ``λ_max(θ0) ≈ 1.7·10⁴``: GD is stable there only for
 ``h < 1.2·10⁻⁴``, so no common rate serves both starts. It gets its own three rates, below that
@@ -295,6 +298,19 @@ def final_norms(cfg: Config) -> pd.DataFrame:
         frame["branch"] = np.select([sign == 2, sign == -2], ["a,b>0", "a,b<0"], "other")
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def branch_switch(norms: pd.DataFrame) -> tuple[float, float]:
+    """Bracket ``(h_lo, h_hi)`` of the branch-switching rate h* from :func:`final_norms`' GD rows:
+    ``h_hi`` is the smallest rate whose GD run ends off the start's branch ``a, b > 0`` and
+    ``h_lo`` the largest rate below it (every run up to ``h_lo`` ends on ``a, b > 0``). Raises
+    :class:`ConfigError` when every rate (or none) ends on ``a, b > 0``: no bracket."""
+    gd = norms[norms["method"] == "GD"].sort_values("h")
+    off = gd[gd["branch"] != "a,b>0"]
+    if off.empty or len(off) == len(gd) or gd["branch"].iloc[0] != "a,b>0":
+        raise ConfigError("the rates do not bracket a switch from the branch a, b > 0")
+    h_hi = float(off["h"].iloc[0])
+    return float(gd.loc[gd["h"] < h_hi, "h"].max()), h_hi
 
 
 def egr(cfg: Config) -> pd.DataFrame:
