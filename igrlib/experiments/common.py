@@ -49,8 +49,12 @@ def train_config(config: Mapping[str, Any]) -> TrainConfig:
 
 
 def group_key(config: Mapping[str, Any]) -> Hashable:
-    """Runs that can share one compiled, vmapped program."""
-    return (train_config(config).group_key(), canonical(config["measure"]))
+    """Runs that can share one compiled, vmapped program (one job of a sweep). A ResNet is never
+    vmapped (a group of one on every device, see :func:`group_size`), so each of its runs is a
+    program of its own and a cluster gets one job per run instead of a chain of them."""
+    cfg = train_config(config)
+    key = (cfg.group_key(), canonical(config["measure"]))
+    return key + (canonical(config["train"]),) if cfg.model == "resnet18" else key
 
 
 def group_size(config: Mapping[str, Any]) -> int:
