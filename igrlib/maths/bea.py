@@ -307,7 +307,8 @@ def _errors(E: Loss, theta0: jax.Array, hs: np.ndarray, ns: np.ndarray, order: i
 def local_error(E: Loss, theta0: jax.Array, hs, order: int) -> np.ndarray:
     """``‖θ_1 − φ_h(θ0)‖`` for each ``h`` in ``hs``: one GD step against the time-``h`` flow ``φ_h``
     of the modified field of ``order`` (units of θ). Expected to scale as ``h^{order+2}``."""
-    theta0, hs = _check_study(theta0, hs, order)
+    check_choice(order, ORDERS, "order")
+    theta0, hs = check_study(theta0, hs)
     return _errors(E, theta0, hs, np.ones(hs.shape, dtype=np.int64), order)
 
 
@@ -317,7 +318,8 @@ def global_error(E: Loss, theta0: jax.Array, hs, T: float, order: int) -> np.nda
     Each ``T/h`` must be a whole number (use :func:`horizon_rates`). Expected to scale as
     ``h^{order+1}``.
     """
-    theta0, hs = _check_study(theta0, hs, order)
+    check_choice(order, ORDERS, "order")
+    theta0, hs = check_study(theta0, hs)
     check_positive(T, "horizon T")
     ns = np.rint(T / hs).astype(np.int64)
     if np.any(ns < 1) or not np.allclose(ns * hs, T, rtol=1e-9, atol=0):
@@ -464,8 +466,10 @@ def _check_steps(n) -> None:
         raise ConfigError(f"number of steps must be an integer >= 0, got {n!r}")
 
 
-def _check_study(theta0, hs, order) -> tuple[jax.Array, np.ndarray]:
-    check_choice(order, ORDERS, "order")
+def check_study(theta0, hs) -> tuple[jax.Array, np.ndarray]:
+    """Validate the inputs of an error-order study (this module's and the stochastic and momentum
+    ones'): ``hs`` a non-empty 1-D array of positive learning rates, ``theta0`` a flat float64
+    parameter vector. Returns them as ``(jax array, numpy float64 array)``."""
     hs_np = np.asarray(hs, dtype=np.float64)
     if hs_np.ndim != 1 or hs_np.size == 0 or not np.all(np.isfinite(hs_np)) or np.any(hs_np <= 0):
         raise ConfigError(

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from igrlib.config import ConfigError, check_choice, check_positive
+from igrlib.config import ConfigError, check_choice, check_number, check_positive
 from igrlib.maths import bea
 
 #: Momentum methods: the weight ν of the look-ahead in ``∇E(θ_n − ν h β v_n)``.
@@ -207,8 +207,7 @@ def error_study(E: bea.Loss, theta0: jax.Array, T: float, ns, beta: float,
 
 
 def _check_beta(beta) -> None:
-    if isinstance(beta, (bool, np.bool_)) or not isinstance(beta, (int, float, np.integer, np.floating)) \
-            or not 0 <= beta < 1:
+    if not 0 <= check_number(beta, "momentum β") < 1:
         raise ConfigError(f"momentum β must be a number in [0, 1), got {beta!r}")
 
 
@@ -216,13 +215,4 @@ def _check_study(theta0, hs, beta, method, order) -> tuple[jax.Array, np.ndarray
     _check_beta(beta)
     check_choice(method, METHODS, "method")
     check_choice(order, ORDERS, "order")
-    hs_np = np.asarray(hs, dtype=np.float64)
-    if hs_np.ndim != 1 or hs_np.size == 0 or not np.all(np.isfinite(hs_np)) or np.any(hs_np <= 0):
-        raise ConfigError(f"learning rates must be a non-empty 1-D array of positive numbers, got {hs!r}")
-    theta0 = jnp.asarray(theta0)
-    if theta0.ndim != 1:
-        raise ConfigError(f"theta0 must be a flat parameter vector, got shape {theta0.shape}")
-    if theta0.dtype != jnp.float64:
-        raise ConfigError("momentum error studies need float64: run them inside "
-                          f"`with jax.enable_x64(True):` (theta0 has dtype {theta0.dtype})")
-    return theta0, hs_np
+    return bea.check_study(theta0, hs)

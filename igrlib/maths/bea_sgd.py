@@ -150,7 +150,7 @@ def epoch_iterates(batch_loss: BatchLoss, batches: Any, theta0: jax.Array, hs) -
     """``θ_M`` after one epoch from ``θ0`` for every rate in ``hs`` and every one of the ``M!``
     orders of :func:`permutations`, shape ``(len(hs), M!, m)``; its mean over axis 1 is the exact
     mean iterate of one shuffled epoch."""
-    theta0, hs = _check_study(theta0, hs)
+    theta0, hs = bea.check_study(theta0, hs)
     orders = permutations(num_batches(batches))
     return np.asarray(_all_epochs(batch_loss, batches, theta0, jnp.asarray(hs), jnp.asarray(orders)))
 
@@ -170,7 +170,7 @@ def modified_flow_ends(batch_loss: BatchLoss, batches: Any, theta0: jax.Array, h
     """``θ(M h)`` of the field of ``flow`` (:func:`sgd_modified_field`) from ``θ0`` for each
     rate in ``hs``, shape ``(len(hs), m)``: where one epoch should end."""
     check_choice(flow, FLOWS, "flow")
-    theta0, hs = _check_study(theta0, hs)
+    theta0, hs = bea.check_study(theta0, hs)
     M = num_batches(batches)
     dtype = theta0.dtype
     a, b = (jnp.asarray(w, dtype=dtype) for w in FLOWS[flow])
@@ -211,15 +211,3 @@ def epoch_study(batch_loss: BatchLoss, batches: Any, theta0: jax.Array, hs) -> p
                   "error": e} for h, e in zip(hs, errors)]
     return pd.DataFrame(rows)
 
-
-def _check_study(theta0, hs) -> tuple[jax.Array, np.ndarray]:
-    hs_np = np.asarray(hs, dtype=np.float64)
-    if hs_np.ndim != 1 or hs_np.size == 0 or not np.all(np.isfinite(hs_np)) or np.any(hs_np <= 0):
-        raise ConfigError(f"learning rates must be a non-empty 1-D array of positive numbers, got {hs!r}")
-    theta0 = jnp.asarray(theta0)
-    if theta0.ndim != 1:
-        raise ConfigError(f"theta0 must be a flat parameter vector, got shape {theta0.shape}")
-    if theta0.dtype != jnp.float64:
-        raise ConfigError("SGD error studies need float64: run them inside "
-                          f"`with jax.enable_x64(True):` (theta0 has dtype {theta0.dtype})")
-    return theta0, hs_np
