@@ -102,9 +102,12 @@ def run(experiment: Experiment, grid: Sequence[Mapping[str, Any]], profile: str 
     if not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
     store = store or Store(experiment.NAME, profile)
-    ref = None if executor == "inline" else executors.reference(experiment)
     programs = plan(experiment, grid)
     todo = [p for p in programs if not all(store.done(c) for c in p)]
+    if executor == "process" and len(todo) < 2:
+        # one program cannot use a second worker, and a fresh pool would only add its start-up
+        executor = "inline"
+    ref = None if executor == "inline" else executors.reference(experiment)
     if verbose:
         where = executor if isinstance(executor, str) else type(executor).__name__
         print(f"{experiment.NAME} [{store.profile}]: {len(grid)} runs in {len(programs)} programs, "
