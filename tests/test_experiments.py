@@ -176,7 +176,7 @@ def test_matched_loss_control_on_synthetic_histories():
 def test_describe_states_everything_that_shapes_a_result():
     text = mnist_mlp.describe(mnist_mlp.grid("cpu"))
     for piece in ("10,000 training", "evaluated every 2 epochs", "stops 10 evaluations", "thresholds 100%, 99%",
-                  "checkpoint: the evaluation of maximal", "seeds [0, 1, 2]", "curvature on 2,048"):
+                  "checkpoint: the evaluation of maximal", "seeds [0, 1, 2, 3, 4]", "curvature on 2,048"):
         assert piece in text, piece
     spec = mnist_mlp.within_width_grid()
     assert {c["train"]["n_train"] for c in spec} == {None} and len({c["train"]["seed"] for c in spec}) >= 3
