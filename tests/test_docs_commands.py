@@ -78,6 +78,9 @@ def cheap_forms(command: str) -> list[list[str]]:
         interpreter = [sys.executable] if words[script].endswith(".py") else ["bash"]
         return [[*interpreter, str(ROOT / "scripts" / Path(words[script]).name),
                  *tail, *([] if "--dry-run" in tail else ["--dry-run"])]]
+    if "-m" in words and words[words.index("-m") + 1] == "igrlib.sweep":
+        tail = words[words.index("-m") + 2:]
+        return [[sys.executable, "-m", "igrlib.sweep", *tail, *([] if "--dry-run" in tail else ["--dry-run"])]]
     if "-m" in words and words[words.index("-m") + 1] == "igrlib.io.data":
         return [[sys.executable, "-m", "igrlib.io.data", *words[words.index("-m") + 2:], "--help"]]
     raise AssertionError(f"the docs print {command!r}, which this test cannot run cheaply: "
