@@ -86,14 +86,18 @@ def test_unchanged_figure_is_not_rewritten_a_changed_one_is(figdir: Path) -> Non
 
 
 def test_runs_provenance_is_summarised(figdir: Path) -> None:
+    cpu = {"device": {"count": 1, "kind": "cpu"}, "host_cpus": 2}
     runs = pd.DataFrame({"provenance": [
-        {"git_commit": "abc", "date": "2026-11-20T10:00:00+00:00"},
-        {"git_commit": "def", "date": "2026-11-21T09:00:00+00:00"},
-        {"git_commit": "abc", "date": "2026-11-19T08:00:00+00:00"}]})
+        {"git_commit": "abc", "date": "2026-11-20T10:00:00+00:00", **cpu},
+        {"git_commit": "def", "date": "2026-11-21T09:00:00+00:00", **cpu},
+        {"git_commit": "abc", "date": "2026-11-19T08:00:00+00:00", **cpu}]})
     figures.save(draw, "with-runs", profile="cpu", caption="c", runs=runs)
-    assert figures.read_index("cpu")["with-runs"]["runs"] == {
-        "n": 3, "commits": ["abc", "def"], "first": "2026-11-19T08:00:00+00:00",
-        "last": "2026-11-21T09:00:00+00:00"}
+    summary = figures.read_index("cpu")["with-runs"]["runs"]
+    assert summary == {"n": 3, "commits": ["abc", "def"], "first": "2026-11-19T08:00:00+00:00",
+                       "last": "2026-11-21T09:00:00+00:00", "machines": ["1 × cpu (2 host CPUs)"]}
+    assert figures.runs_sentence(summary) == \
+        "rendered 3 stored records computed 2026-11-19 – 2026-11-21 at commits abc, def"
+    assert figures.runs_sentence(None) == "computed when the chapter executed"
 
 
 def test_label_names_profile_and_dataset_in_the_bottom_right_corner(figdir: Path) -> None:

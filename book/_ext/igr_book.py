@@ -104,7 +104,7 @@ def _provenance() -> dict[str, Any]:
 
     A subprocess keeps JAX out of the Sphinx process, which forks notebook kernels.
     """
-    code = "import json; from igrlib import results; print(json.dumps(results.provenance()))"
+    code = "import json; from igrlib.io import results; print(json.dumps(results.provenance()))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=300, cwd=paths.PROJECT_ROOT)
     if out.returncode != 0:
@@ -408,6 +408,26 @@ def clean_downloads(app: Sphinx, exception: Exception | None) -> None:
             clean_notebook(path, app.env, docname)
 
 
+def offer_notebook(app: Sphinx, pagename: str, templatename: str, context: dict[str, Any],
+                   doctree: nodes.Node | None) -> None:
+    """Offer a chapter's executed notebook for download when no launch button is configured.
+
+    sphinx-book-theme copies ``jupyter_execute/<page>.ipynb`` to ``_sources/`` and links it only
+    as part of its launch buttons, which need a repository; this does the same without one (it
+    runs before the theme's header buttons, which read ``ipynb_source``).
+    """
+    if app.config.html_theme_options.get("launch_buttons") or \
+            "kernelspec" not in app.env.metadata.get(pagename, {}):
+        return
+    executed = Path(app.outdir).parent / "jupyter_execute" / f"{pagename}.ipynb"
+    if not executed.exists():
+        return
+    target = Path(app.outdir) / "_sources" / f"{pagename}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(executed, target)
+    context["ipynb_source"] = f"{pagename}.ipynb"
+
+
 def check_environment(app: Sphinx, config: Config) -> None:
     """Resolve the profile, give it its own execution cache, refuse a text-only plot backend."""
     try:
@@ -419,11 +439,15 @@ def check_environment(app: Sphinx, config: Config) -> None:
     theme = config.html_theme_options = dict(getattr(config, "html_theme_options", None) or {})
     if theme.get("repository_url", "") in UNSET_REPOSITORY_URLS:
         # no published repository yet: a Binder or repository button would lead nowhere, so show
-        # none; the launch settings stay, since they are what offers the .ipynb download
+        # none (sphinx-book-theme's launch buttons also fail without a repository);
+        # offer_notebook then offers each chapter's .ipynb, which the launch buttons did
         theme["repository_url"] = ""
+        theme["launch_buttons"] = {}
         for button in ("use_repository_button", "use_issues_button", "use_edit_page_button",
                        "use_source_button"):
             theme[button] = False
+    else:
+        theme["use_repository_button"] = True
     backend = os.environ.get("MPLBACKEND")
     if backend and backend != INLINE_BACKEND:
         LOGGER.warning(f"MPLBACKEND={backend} is set: the chapters' figures would become text; "
@@ -470,6 +494,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.connect("env-merge-info", merge)
     app.connect("env-get-outdated", always_reread)
     app.connect("env-updated", restore_cached_outputs)
+    app.connect("html-page-context", offer_notebook)  # priority 500: before the theme's 501
     app.connect("build-finished", copy_figures)
     app.connect("build-finished", clean_downloads)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

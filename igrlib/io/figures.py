@@ -343,6 +343,24 @@ def render(draw: Callable[[str], Figure], variant: Variant, text: str) -> Figure
     return fig
 
 
+def _show_in_notebook(fig: Figure) -> None:
+    """In a Jupyter kernel, display ``fig`` as the cell's output and close it.
+
+    The inline backend shows open figures at the end of a cell only when pyplot flagged a draw,
+    which creating a figure inside :func:`save` does not always do; displaying it here makes the
+    figure the cell's output every time, and closing it keeps it from appearing twice.
+    """
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    if getattr(get_ipython(), "kernel", None) is None:
+        return
+    display(fig)
+    plt.close(fig)
+
+
 def save(draw: Callable[[str], Figure], fig_id: str, *, profile: str, caption: str,
          dataset: str | None = None, runs: Any = None) -> Figure:
     """Draw and export both variants of a figure; return the paper one (left open for display).
@@ -354,7 +372,8 @@ def save(draw: Callable[[str], Figure], fig_id: str, *, profile: str, caption: s
     shows (its ``provenance`` column is summarised in the index). Every file is written to a
     temporary name and renamed, so a reader never sees half a file; a variant whose rendered SVG
     has the hash already indexed (and whose files exist) is left untouched. The slide figure is
-    closed; the paper figure stays open so the notebook shows it.
+    closed; the paper figure is shown as the cell's output in a Jupyter kernel (and then closed),
+    elsewhere it stays open.
     """
     if isinstance(draw, Figure) or not callable(draw):
         raise ConfigError("figures.save takes a function draw(variant) -> Figure, called for "
@@ -388,6 +407,7 @@ def save(draw: Callable[[str], Figure], fig_id: str, *, profile: str, caption: s
         variants[variant] = {"files": files, "sha256": digest, "drawn": _drawn_provenance(),
                              "layout": report}
     plt.close(rendered["slide"][0])
+    _show_in_notebook(rendered["paper"][0])
     entry = {"caption": caption.strip(), "profile": profile, "dataset": dataset,
              "variants": variants, "runs": runs_summary(runs)}
     _record(folder, fig_id, entry)
