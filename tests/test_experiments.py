@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from igrlib.io import data
-from igrlib import sweep
+from igrlib import executors, sweep
 from igrlib.config import ConfigError
 from igrlib.experiments import common, mnist_mlp
 from igrlib.measurement.measure import MeasureConfig, measure
@@ -45,7 +45,10 @@ def test_plan_is_deterministic_and_groups_share_a_program():
     assert sum(len(g) for g in groups) == len(grid)
     for group in groups:
         assert len({common.group_key(c) for c in group}) == 1
-        assert len(group) <= mnist_mlp.group_size(group[0])
+    # a program holds every run of its key; the worker splits it by the group size of its device
+    assert len({common.group_key(g[0]) for g in groups}) == len(groups)
+    for group in groups:
+        assert all(len(part) <= mnist_mlp.group_size(group[0]) for part in executors.split(mnist_mlp, group))
 
 
 def test_measure_reports_consistent_quantities():
