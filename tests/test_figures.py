@@ -97,7 +97,7 @@ def test_runs_provenance_is_summarised(figdir: Path) -> None:
                        "last": "2026-11-21T09:00:00+00:00", "machines": ["1 × cpu (2 host CPUs)"]}
     assert figures.runs_sentence(summary) == \
         "rendered 3 stored records computed 2026-11-19 – 2026-11-21 at commits abc, def"
-    assert figures.runs_sentence(None) == "computed when the chapter executed"
+    assert figures.runs_sentence(None) == "no stored runs: computed as the chapter executed, or read from its own files"
 
 
 def test_label_names_profile_and_dataset_in_the_bottom_right_corner(figdir: Path) -> None:

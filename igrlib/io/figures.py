@@ -303,10 +303,9 @@ def _machine(prov: dict[str, Any]) -> str:
 
 def runs_sentence(summary: dict[str, Any] | None) -> str:
     """``"rendered 36 stored records computed 2026-11-20 – 2026-11-21 at commit cd2817c1f0ab"``
-    from a :func:`runs_summary` (every commit is listed); for no summary, ``"computed when the
-    chapter executed"``."""
+    from a :func:`runs_summary` (every commit is listed); without one, a sentence saying so."""
     if not summary or not summary.get("n"):
-        return "computed when the chapter executed"
+        return "no stored runs: computed as the chapter executed, or read from its own files"
     dates = (summary["first"] or "?")[:10]
     if (summary["last"] or "?")[:10] != dates:
         dates += f" – {(summary['last'] or '?')[:10]}"
