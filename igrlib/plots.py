@@ -152,6 +152,7 @@ def robustness_curves(runs: pd.DataFrame, metric: str = "test_acc",
     if not rows:
         for ax in axes:
             ax.text(0.5, 0.5, "no kept runs", ha="center", transform=ax.transAxes)
+            ax.set(xticks=[], yticks=[])  # an empty panel's ticks would only meet in the corner
         return fig
     df = pd.concat(rows)
     colours = _palette(runs["learning_rate"])
@@ -162,7 +163,11 @@ def robustness_curves(runs: pd.DataFrame, metric: str = "test_acc",
             ax.plot(mean.index, mean, "o-", color=colours[lr], label=f"$h$ = {lr:g}")
             ax.fill_between(mean.index, mean - se, mean + se, color=colours[lr], alpha=0.2)
         ax.set(title=f"width {width}", xlabel=r"relative noise $\sigma$")
-        ax.xaxis.set_major_locator(plt.MaxNLocator(4))
+        # ticks at the measured σ (at most four), labelled exactly: an automatic locator on a
+        # short range can give two ticks the same rounded label
+        sigmas = np.sort(df["sigma"].unique())
+        ticks = sigmas[::max(1, -(-len(sigmas) // 4))]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
     # no y tick at the bottom, where it would meet the σ = 0 tick in the corner
     axes[0].yaxis.set_major_locator(plt.MaxNLocator(5, prune="lower"))
     axes[0].set_ylabel(LABELS.get(metric, metric.replace("_", " ")))
