@@ -30,10 +30,12 @@ SAM at step ``h`` descends ``E + (h/4 + μ(ρ))‖∇E‖²``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 
-from igrlib.config import ConfigError, check_choice, check_number, check_positive
+from igrlib.config import ConfigError, check_choice, check_positive
 
 #: SAM's ascent directions, as :mod:`igrlib.training.methods` names them.
 ASCENTS: tuple[str, ...] = ("normalized", "unnormalized")
@@ -66,17 +68,17 @@ def sam_rho_for_egr(mu: float, ascent: str, grad_norm: float | None = None) -> f
     if grad_norm is None:
         raise ConfigError("the normalised map rho = 2 mu ‖∇E‖ needs grad_norm = ‖∇E(θ)‖")
     check_positive(grad_norm, "grad_norm")
-    return 2 * mu * check_number(grad_norm, "grad_norm")
+    return 2 * mu * float(grad_norm)
 
 
-def mapped_mu(E, theta: jax.Array, rho: float, ascent: str) -> float:
+def mapped_mu(E: Callable[[jax.Array], jax.Array], theta: jax.Array, rho: float, ascent: str) -> float:
     """:func:`egr_mu_for_sam` at the state θ of a loss ``E`` of a flat parameter vector."""
     if ascent == "unnormalized":
         return egr_mu_for_sam(rho, ascent)
     return egr_mu_for_sam(rho, ascent, float(jnp.linalg.norm(jax.grad(E)(theta))))
 
 
-def second_order_gap(E, theta: jax.Array, h: float, rho: float, ascent: str) -> float:
+def second_order_gap(E: Callable[[jax.Array], jax.Array], theta: jax.Array, h: float, rho: float, ascent: str) -> float:
     """The leading one-step difference ``h·(ρ²/2)·‖∇³E[d, d]‖`` between SAM at ρ and EGR at the
     mapped μ (units of θ), with ``∇³E[d, d] = d²/ds² ∇E(θ + s·d)|₀`` by nested ``jvp``."""
     check_positive(h, "learning rate h")
