@@ -10,7 +10,9 @@ import pandas as pd
 import pytest
 
 from igrlib.io import data
-from igrlib.training import egr
+from igrlib.maths import objectives
+from igrlib.training import egr, program
+from igrlib.training.config import TrainConfig
 from igrlib.maths import losses, models
 from igrlib.config import ConfigError
 from igrlib.experiments import cifar_resnet
@@ -110,7 +112,7 @@ def test_cpu_grid_is_a_reduced_network_on_a_subset():
 
 @pytest.mark.parametrize("overrides,match", [
     (dict(mu=(0.0,)), "mu"), (dict(width_multiplier=(0,)), "width_multiplier"),
-    (dict(lr=(0.1,)), "lr"), (dict(penalty_method="newton"), "penalty method"),
+    (dict(lr=(0.1,)), "lr"), (dict(penalty_method="newton"), "penalty_method"),
     (dict(learning_rate=(-0.1,)), "learning_rate")])
 def test_grid_rejects_bad_values(overrides, match):
     with pytest.raises(ConfigError, match=match):
