@@ -89,7 +89,7 @@ def run(experiment: Experiment, grid: Sequence[Mapping[str, Any]], profile: str 
 
     ``executor``: ``"inline"``, ``"process"``, ``"submitit"``, ``"dask"`` or a
     :class:`concurrent.futures.Executor`; None reads ``$IGR_EXECUTOR`` (else inline, or process
-    when ``workers > 1``). ``workers``: processes (None: ``$IGR_WORKERS``, else 1); ``devices``:
+    when ``workers > 1``; then a single program to run stays inline). ``workers``: processes (None: ``$IGR_WORKERS``, else 1); ``devices``:
     GPU ids of this host, one pinned process worker each (None: ``$IGR_DEVICES``). ``retries``:
     resubmissions of a job that died. ``lease_ttl``: seconds a dead worker on another host
     keeps its program. ``progress_every``: seconds between progress lines (None:
@@ -98,14 +98,16 @@ def run(experiment: Experiment, grid: Sequence[Mapping[str, Any]], profile: str 
 
     Returns :meth:`Store.frame` restricted to the grid's configs, in the store's order.
     """
+    implicit = executor is None and not os.environ.get(executors.EXECUTOR_ENV)
     executor, workers, devices = executors.settings(executor, workers, devices)
     if not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
     store = store or Store(experiment.NAME, profile)
     programs = plan(experiment, grid)
     todo = [p for p in programs if not all(store.done(c) for c in p)]
-    if executor == "process" and len(todo) < 2:
-        # one program cannot use a second worker, and a fresh pool would only add its start-up
+    if implicit and executor == "process" and len(todo) < 2:
+        # a pool chosen for more workers cannot use a second one for one program, and would only
+        # add its start-up; a pool asked for by name is kept (its workers isolate the job)
         executor = "inline"
     ref = None if executor == "inline" else executors.reference(experiment)
     if verbose:
