@@ -20,7 +20,7 @@ def test_mlp_forward_flops_match_the_closed_form() -> None:
 
 def test_run_cost_counts_steps_and_evaluations() -> None:
     train = dict(model="mlp", dataset="mnist", width=16, depth=2, batch_size=100, n_train=1000,
-                 n_test=500, epochs=4, eval_every=2, regularizer="egr")
+                 n_test=500, epochs=4, eval_every=2, method="egr")
     f = costs.forward_flops("mlp", "mnist", 16, 2)
     cost = costs.run_cost(train)
     assert cost["steps"] == 40

@@ -41,8 +41,9 @@ GPU_FLOPS = 20e12
 FULL_TRAIN = {"mnist": 60_000, "cifar10": 50_000}
 FULL_TEST = {"mnist": 10_000, "cifar10": 10_000}
 INPUT_SHAPE = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-#: per example of a step, in forward passes: plain gradient 3, EGR gradient + HVP 9
-STEP_FORWARDS = {"none": 3, "egr": 9}
+#: per example of a step, in forward passes: a gradient 3; EGR, a gradient and a Hessian-vector
+#: product, 9; SAM and the gradient-norm penalty, two gradients, 6; every other rule one gradient
+STEP_FORWARDS = {"egr": 9, "sam": 6, "gnp": 6}
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,12 +65,14 @@ def run_cost(train: dict[str, Any]) -> dict[str, float]:
     """``{"steps": ..., "flops": ...}`` of one run's training and evaluations (see module doc)."""
     n_train = train.get("n_train") or FULL_TRAIN[train["dataset"]]
     n_test = train.get("n_test") or FULL_TEST[train["dataset"]]
-    steps = train["epochs"] * math.ceil(n_train / train["batch_size"])
+    batch = train.get("batch_size") or n_train  # None: full-batch training, one step an epoch
+    steps = train["epochs"] * math.ceil(n_train / batch)
     f = forward_flops(train["model"], train["dataset"], train.get("width", 0), train.get("depth", 0),
                       train.get("activation", "relu"), train.get("width_multiplier", 1.0))
-    per_step = STEP_FORWARDS[train.get("regularizer", "none")] * f * train["batch_size"]
+    per_step = STEP_FORWARDS.get(train.get("method", "sgd"), 3) * f * batch
     evaluations = train["epochs"] // max(train.get("eval_every", 1), 1)
-    return {"steps": steps, "flops": steps * per_step + evaluations * f * (n_train + n_test)}
+    evaluated = n_train + n_test + (train.get("n_val") or 0)
+    return {"steps": steps, "flops": steps * per_step + evaluations * f * evaluated}
 
 
 def measured_seconds(experiment: str, profile: str = "cpu", root: Path | None = None) -> tuple[int, float]:
