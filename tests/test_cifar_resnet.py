@@ -127,7 +127,7 @@ def test_findings_follow_the_data():
         for h, mu in [(0.01, 0.0), (0.05, 0.0), (0.2, 0.0), (0.01, 0.01), (0.01, 0.05)]:
             h_eq = h + 4 * mu
             rows.append(dict(id=f"{seed}{h}{mu}", status="ok", learning_rate=h, mu=mu, seed=seed, width=1,
-                             regularizer="egr" if mu else "none", method="egr" if mu else "sgd",
+                             method="egr" if mu else "sgd",
                              num_params=m, reached_0p1=True, n_test=1000,
                              thresholds=[0.1], test_acc=0.3 + 0.1 * h_eq + 0.001 * seed,
                              r_ig=1e-3 / h_eq, train_loss_full=0.1, lambda_max=5 / h_eq))

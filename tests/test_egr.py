@@ -277,7 +277,7 @@ def test_matched_pairs_pair_each_mu_with_its_plain_rate():
     np.testing.assert_allclose(pairs["h_equiv"], [0.05, 0.1, 0.5])
     assert (pairs[["n_baseline", "n_egr", "n_plain"]] == 3).all().all()
     first = pairs.iloc[0]
-    plain = runs[(runs["regularizer"] == "none") & np.isclose(runs["learning_rate"], 0.05)]
+    plain = runs[(runs["method"] == "sgd") & np.isclose(runs["learning_rate"], 0.05)]
     assert first["test_acc_plain"] == pytest.approx(plain["test_acc"].mean(), rel=1e-12)
     base = runs[(runs["mu"] == 0) & np.isclose(runs["learning_rate"], 0.02)]
     assert first["r_ig_baseline"] == pytest.approx(base["r_ig"].mean(), rel=1e-12)

@@ -1,4 +1,4 @@
-"""Explicit gradient regularization (EGR) for any JAX training loop (the paper's explicit regularizer, Section 5 of Barrett & Dherin 2021).
+"""Explicit gradient regularization (EGR) for any JAX training loop (Barrett & Dherin 2021, Section 5).
 
 EGR trains on the penalised loss
 
