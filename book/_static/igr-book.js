@@ -16,17 +16,20 @@
     box.hidden = true;
     box.setAttribute("role", "dialog");
     box.setAttribute("aria-label", "figure at full size (click or press Escape to close)");
-    const big = document.createElement("img");
-    box.appendChild(big);
     document.body.appendChild(box);
     let opener = null;
+    let big = null;  // made on opening only: a page never holds an image without a source
     function close() {
       box.hidden = true;
-      big.removeAttribute("src");
+      if (big) big.remove();
+      big = null;
       if (opener) opener.focus();
     }
     function open(img) {
       opener = img;
+      if (big) big.remove();
+      big = document.createElement("img");
+      box.appendChild(big);
       big.src = fullSource(img);
       big.alt = img.alt || "";
       box.hidden = false;
