@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import book, conv, eigen, executors, grid, machine, penalty, probes, roofline, step, targets, torch_loop  # noqa: E402
-from igrlib.io import paths, results  # noqa: E402
+from igrlib.io import atomic, paths, results  # noqa: E402
 
 SECTIONS = ("step", "penalty", "roofline", "grid", "eigen", "conv", "probes", "executors", "book")
 RESULTS = paths.PROJECT_ROOT / "bench" / "results"
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> Path:
     res = run(args.sections, args.quick, args.build_dir)
     slug = res["machine"]["slug"]
     output = args.output or (QUICK_RESULTS / f"{slug}-quick.json" if args.quick else RESULTS / f"{slug}.json")
-    results.atomic_write_text(output, json.dumps(res, indent=1, sort_keys=True) + "\n")
+    atomic.write_text(output, json.dumps(res, indent=1, sort_keys=True) + "\n")
     print(targets.table(res["targets"]))
     print(f"machine: {res['machine']['cpu_model']}, {res['machine']['cores']} cores; load average "
           f"{res['machine']['load_average_start']} -> {res['machine']['load_average_end']}; "

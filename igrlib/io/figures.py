@@ -29,9 +29,7 @@ import hashlib
 import io
 import json
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -45,7 +43,7 @@ from matplotlib.transforms import Bbox
 
 import igrlib
 from igrlib.config import PROFILES, ConfigError, check_choice
-from igrlib.io import paths, results
+from igrlib.io import atomic, paths, results
 
 Variant = Literal["paper", "slide"]
 VARIANTS: tuple[str, ...] = ("paper", "slide")
@@ -233,19 +231,6 @@ def _check_inputs(fig_id: str, profile: str, caption: str, dataset: str | None) 
         raise ConfigError(f"dataset must be None or a non-empty label, got {dataset!r}")
 
 
-def _write_atomic(path: Path, write: Callable[[str], object]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, then rename it to ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; figures are for sharing and serving
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _savefig(fig: Figure, target: str | io.BytesIO, fmt: str, variant: str, salt: str) -> None:
     # fontTools warns "'created' timestamp seems very low" on every TrueType font it subsets
     # for the PDF; it is noise in a chapter's output, not a problem with the figure.
@@ -322,7 +307,7 @@ def _record(folder: Path, fig_id: str, entry: dict[str, Any]) -> None:
         index = json.loads(file.read_text()) if file.exists() else {}
         index[fig_id] = entry
         text = json.dumps(index, indent=1, sort_keys=True) + "\n"
-        _write_atomic(file, lambda tmp: Path(tmp).write_text(text))
+        atomic.write_text(file, text)
 
 
 def _drawn_provenance() -> dict[str, Any]:
@@ -399,10 +384,10 @@ def save(draw: Callable[[str], Figure], fig_id: str, *, profile: str, caption: s
             continue
         for fmt, name in files.items():
             if fmt == "svg":
-                _write_atomic(folder / name, lambda tmp, data=svg: Path(tmp).write_bytes(data))
+                atomic.write_bytes(folder / name, svg)
             else:
-                _write_atomic(folder / name,
-                              lambda tmp, f=fig, m=fmt, v=variant: _savefig(f, tmp, m, v, fig_id))
+                with atomic.target(folder / name) as tmp:
+                    _savefig(fig, str(tmp), fmt, variant, fig_id)
         variants[variant] = {"files": files, "sha256": digest, "drawn": _drawn_provenance(),
                              "layout": report}
     plt.close(rendered["slide"][0])

@@ -26,7 +26,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
@@ -38,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from igrlib.io import paths
+from igrlib.io import atomic, paths
 from igrlib.config import ConfigError, resolve_profile
 
 STATUSES = ("ok", "diverged", "dead", "collapsed", "failed")
@@ -115,22 +114,6 @@ def provenance(wall_time_s: float | None = None, device: bool = True) -> dict[st
     out["date"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     out["wall_time_s"] = wall_time_s
     return out
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records are meant to be shared and committed
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Store:
@@ -214,7 +197,7 @@ class Store:
             "provenance": _jsonable(provenance(wall_time_s, device=device)),
         }
         file = self.file(config)
-        atomic_write_text(file, json.dumps(record, indent=1, sort_keys=True) + "\n")
+        atomic.write_text(file, json.dumps(record, indent=1, sort_keys=True) + "\n")
         return file
 
     def records(self) -> Iterator[dict[str, Any]]:
