@@ -280,6 +280,7 @@ PAGE_REPORT_JS = r"""(async () => {
   return {
     images: imgs.map(i => ({src: i.getAttribute('src'), w: i.naturalWidth, h: i.naturalHeight})),
     outputImages: main.querySelectorAll('.cell_output img').length,
+    outputTables: main.querySelectorAll('.cell_output table').length,
     math: math.length,
     untypeset: math.filter(m => !m.querySelector('mjx-container')).map(m => m.textContent.slice(0, 80)),
     rawTex: (prose.innerText.match(/\$\$|\\begin\{|\\\[|\\\(/g) || []).length,
@@ -455,8 +456,9 @@ def test_browser_renders_figures_and_math(browser_visit) -> None:
         assert not report["figureAsText"], f"{entry}: figures rendered as text {report['figureAsText']}"
         assert not report["untypeset"], f"{entry}: math left untypeset: {report['untypeset']}"
         assert report["rawTex"] == 0, f"{entry}: raw TeX delimiters left in the page"
-    for name in chapters(TOC):
-        assert reports[f"book/{name}"]["math"] + reports[f"book/{name}"]["outputImages"] > 0, name
+    for name in chapters(TOC):  # every executed page shows what it computed: math, a figure or a table
+        shown = reports[f"book/{name}"]
+        assert shown["math"] + shown["outputImages"] + shown["outputTables"] > 0, name
     if "book/tour" in reports:
         assert reports["book/tour"]["outputImages"] >= 1, "the tour's figure is not an image"
     assert reports["book/intro"]["math"] > 0
