@@ -130,6 +130,16 @@ def test_mnist_findings_follow_the_data_and_lead_with_within_width_rows():
     assert "2.1 at matched loss" not in table.index and table["p_holm"].ge(table["p"]).all()
 
 
+def test_mnist_within_width_findings_are_the_within_width_rows_alone():
+    runs = _fake_mnist_runs()
+    alone = mnist_mlp.within_width_findings(runs[runs["width"] == 100], 1.0)
+    full = mnist_mlp.findings(runs, 1.0).set_index("claim")
+    assert list(alone["claim"]) == [c for c in full.index if "within width 100" in c]
+    for row in alone.itertuples():  # same statistics; Holm runs over the smaller family
+        assert (row.value, row.effect, row.verdict) == tuple(full.loc[row.claim, ["value", "effect", "verdict"]])
+    assert (alone["p_holm"].to_numpy() <= full.loc[alone["claim"], "p_holm"].to_numpy()).all()
+
+
 def test_mnist_survivorship_stability_and_robustness_drop():
     runs = _fake_mnist_runs()
     assert mnist_mlp.unsurvived_rates(mnist_mlp.tidy(runs)) == [0.5]

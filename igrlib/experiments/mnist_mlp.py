@@ -145,6 +145,32 @@ def unsurvived_rates(df: pd.DataFrame) -> list[float]:
     return sorted(lost["learning_rate"].unique())
 
 
+def _within_width_rows(kept: pd.DataFrame, rob: pd.DataFrame) -> list[dict]:
+    """Per width, the learning rate's own effect on R_IG, test accuracy, λ_max, slope and the
+    accuracy drop under noise (rows of :func:`igrlib.maths.stats.finding`)."""
+    rows = []
+    for width, group in kept.groupby("width"):
+        images = test_images_scale(group)
+
+        def add(claim, frame, y, sign, what, effect=None):
+            rows.append(stats.finding(f"{claim[:3]} within width {width}: {claim[4:]}", frame,
+                                      "learning_rate", y, sign, what, effect=effect, about_minima=True))
+
+        add("2.1 R_IG falls with h", group, "log10_r_ig", -1, "ρ(h, R_IG)", (1.0, "decades of R_IG"))
+        add("2.3 test accuracy rises with h", group, "test_acc", +1, "ρ(h, test acc)", images)
+        add("2.2 λ_max falls with h", group, "lambda_max", -1, "ρ(h, λ_max)", (1.0, "λ_max"))
+        add("2.2 slope falls with h", group, "mean_abs_slope", -1, "ρ(h, mean |slope|)")
+        if not rob.empty:
+            add("2.4 noise costs less accuracy with h", rob[rob["width"] == width], "robustness_drop", -1,
+                f"ρ(h, accuracy drop at σ={rob['sigma'].iloc[0]:g})", images)
+    return rows
+
+
+def _kept(runs: pd.DataFrame, threshold: float, exclude_rates: Sequence[float] = ()) -> pd.DataFrame:
+    df = tidy(runs, threshold)
+    return df[(df["category"] == "kept") & ~df["learning_rate"].isin(list(exclude_rates))]
+
+
 def findings(runs: pd.DataFrame, threshold: float = 1.0,
              exclude_rates: Sequence[float] = ()) -> pd.DataFrame:
     """The "What we found" table for Predictions 2.1–2.4 at one training-accuracy threshold.
@@ -158,28 +184,13 @@ def findings(runs: pd.DataFrame, threshold: float = 1.0,
     under parameter noise. ``exclude_rates`` drops the runs of those learning rates (see
     :func:`survivorship`).
     """
-    df = tidy(runs, threshold)
-    kept = df[(df["category"] == "kept") & ~df["learning_rate"].isin(list(exclude_rates))]
+    kept = _kept(runs, threshold, exclude_rates)
     rob = robustness_at(kept)
-    rows = []
+    rows = _within_width_rows(kept, rob)
 
-    def add(claim, frame, x, y, sign, what, effect=None, minima=True):
-        rows.append(stats.finding(claim, frame, x, y, sign, what, effect=effect, about_minima=minima))
+    def add(claim, frame, x, y, sign, what, minima=True):
+        rows.append(stats.finding(claim, frame, x, y, sign, what, about_minima=minima))
 
-    for width, group in kept.groupby("width"):
-        images = test_images_scale(group)
-        add(f"2.1 within width {width}: R_IG falls with h", group, "learning_rate", "log10_r_ig", -1,
-            "ρ(h, R_IG)", (1.0, "decades of R_IG"))
-        add(f"2.3 within width {width}: test accuracy rises with h", group, "learning_rate", "test_acc",
-            +1, "ρ(h, test acc)", images)
-        add(f"2.2 within width {width}: λ_max falls with h", group, "learning_rate", "lambda_max", -1,
-            "ρ(h, λ_max)", (1.0, "λ_max"))
-        add(f"2.2 within width {width}: slope falls with h", group, "learning_rate", "mean_abs_slope", -1,
-            "ρ(h, mean |slope|)")
-        if not rob.empty:
-            add(f"2.4 within width {width}: noise costs less accuracy with h", rob[rob["width"] == width],
-                "learning_rate", "robustness_drop", -1, f"ρ(h, accuracy drop at σ={rob['sigma'].iloc[0]:g})",
-                images)
     add("2.1 R_IG falls as λ grows", kept, "lambda", "r_ig", -1, "ρ(λ, R_IG), pooled")
     add("2.3 test accuracy rises with λ", kept, "lambda", "test_acc", +1, "ρ(λ, test acc), pooled")
     add("(confound) width alone", kept, "num_params", "test_acc", +1, "ρ(m, test acc), pooled", minima=False)
@@ -193,6 +204,13 @@ def findings(runs: pd.DataFrame, threshold: float = 1.0,
         add(f"2.4 noise costs less accuracy with h (σ={rob['sigma'].iloc[0]:g}, relative)", rob,
             "learning_rate", "robustness_drop", -1, "ρ(h, clean − noisy test acc), pooled")
     return stats.finish(rows, threshold)
+
+
+def within_width_findings(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
+    """The within-width rows of :func:`findings` alone (Holm over these rows), for the targeted
+    full-training-set run of :data:`WITHIN_WIDTH`, where one width leaves nothing to pool."""
+    kept = _kept(runs, threshold)
+    return stats.finish(_within_width_rows(kept, robustness_at(kept)), threshold)
 
 
 def seed_set_b(profile: str | None, seeds_b: Sequence[int] | None, seeds_a: Sequence[int],
