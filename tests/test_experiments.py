@@ -194,6 +194,12 @@ def test_describe_states_everything_that_shapes_a_result():
     spec = mnist_mlp.within_width_grid()
     assert {c["train"]["n_train"] for c in spec} == {None} and len({c["train"]["seed"] for c in spec}) >= 3
     assert len({c["train"]["learning_rate"] for c in spec}) == 3 and len({c["train"]["width"] for c in spec}) == 1
+    from igrlib.io.results import run_id
+    run = mnist_mlp.WITHIN_WIDTH_RUN  # the same configs, as a sweep experiment with its own store
+    assert [run_id(c) for c in run.grid("cpu")] == [run_id(c) for c in spec]
+    assert run.NAME != mnist_mlp.NAME and len(run.grid("cpu", seed=[7])) == 3
+    with pytest.raises(ConfigError, match="cpu profile only"):
+        run.grid("smoke")
 
 
 def test_verdicts_on_two_disjoint_seed_sets():

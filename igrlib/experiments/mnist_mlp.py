@@ -96,6 +96,26 @@ def within_width_grid(seeds: Sequence[int] | None = None) -> list[dict[str, Any]
     return common.make_grid(base, axes, MeasureConfig(**PROFILES["cpu"]["measure"]))
 
 
+class _WithinWidthRun:
+    """:data:`WITHIN_WIDTH` as an experiment of :mod:`igrlib.sweep`, filed in its own store
+    (``data/results/cpu/mnist_mlp_within_width``) so that it never mixes with the chapter's grid:
+    ``.venv/bin/python -m igrlib.sweep igrlib.experiments.mnist_mlp:WITHIN_WIDTH_RUN``."""
+
+    NAME = "mnist_mlp_within_width"
+    group_key = staticmethod(common.group_key)
+    group_size = staticmethod(common.group_size)
+    run_group = staticmethod(common.run_group)
+
+    def grid(self, profile: str | None = None, seed: Sequence[int] | None = None) -> list[dict[str, Any]]:
+        if resolve_profile(profile) != "cpu":
+            raise ConfigError(f"the targeted within-width run is defined at the cpu profile only, "
+                              f"not {profile!r}")
+        return within_width_grid(seed)
+
+
+WITHIN_WIDTH_RUN = _WithinWidthRun()
+
+
 # ---------------------------------------------------------------------------------------------
 # Analysis
 
