@@ -50,3 +50,42 @@ def test_curvature_subset_is_the_first_examples_in_whole_batches():
     xb, yb = pd_.curvature
     assert xb.shape[:2] == (1, 512)  # 700 → one whole batch of 512
     np.testing.assert_array_equal(np.asarray(yb[0]), ds.y_train[:512])
+
+
+def _minibatch_grads(model, params, state, x, y, batch):
+    loss = objectives.loss_fn(model, is_training=False)
+    grad = jax.jit(lambda xb, yb: ravel_pytree(jax.grad(lambda p: loss(p, state, xb, yb)[0])(params))[0])
+    return [np.asarray(grad(x[i:i + batch], y[i:i + batch]), np.float64)
+            for i in range(0, len(x) - len(x) % batch, batch)]
+
+
+def test_grad_variance_equals_direct_float64_computation(tiny):
+    """(1/(M m)) Σ_k ‖g_k − ∇E‖², ∇E over the whole split: against the per-batch gradients in
+    float64; on a subset that is the whole split (∇E = mean g_k) it equals the identity
+    (1/M) Σ‖g_k‖² − ‖∇E‖², over m."""
+    ds, model, params, state = tiny
+    x, y = jnp.asarray(ds.x_train), jnp.asarray(ds.y_train)
+    m = sum(np.size(a) for a in jax.tree.leaves(params))
+    full = _minibatch_grads(model, params, state, x, y, len(x))[0]
+    # a subset of 3 mini-batches of 20 (the first 60 examples) against ∇E of all 128
+    found = probes.measure(model, params, state, probes.ProbeData(ds.x_train, ds.y_train, 70, batch_size=20),
+                           jax.random.key(0), ("grad_variance",), 2, 2)
+    gs = _minibatch_grads(model, params, state, x[:60], y[:60], 20)
+    want = np.mean([np.sum((g - full) ** 2) for g in gs]) / m
+    assert found["grad_variance"] == pytest.approx(want, rel=1e-4)
+    # the whole split as 4 mini-batches of 32
+    found = probes.measure(model, params, state, probes.ProbeData(ds.x_train, ds.y_train, 128, batch_size=32),
+                           jax.random.key(0), ("grad_variance", "r_ig"), 2, 2)
+    gs = _minibatch_grads(model, params, state, x, y, 32)
+    identity = (np.mean([g @ g for g in gs]) - np.mean(gs, axis=0) @ np.mean(gs, axis=0)) / m
+    assert found["grad_variance"] == pytest.approx(identity, rel=1e-3)
+    assert found["grad_variance"] > 0
+
+
+def test_grad_variance_is_zero_for_full_batch_and_one_batch_at_least(tiny):
+    ds, model, params, state = tiny
+    full = probes.measure(model, params, state, probes.ProbeData(ds.x_train, ds.y_train, 64),
+                          jax.random.key(0), ("grad_variance",), 2, 2)
+    assert full["grad_variance"] == 0.0
+    # a probe subset smaller than the batch still gives one whole mini-batch
+    assert probes.ProbeData(ds.x_train, ds.y_train, 16, batch_size=50).minibatches[0].shape[:2] == (1, 50)

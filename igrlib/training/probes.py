@@ -12,9 +12,19 @@ evaluation mode (batch-norm running statistics), so that it is a fixed function 
   linear-stability edge);
 * ``trace``: Hutchinson's ``tr H`` on the same examples with ``probe_trace_samples`` Rademacher
   probes, and its standard error;
-* ``param_norm``: ``‖θ‖`` (Euclidean norm of every trainable parameter).
+* ``param_norm``: ``‖θ‖`` (Euclidean norm of every trainable parameter);
+* ``grad_variance``: the mini-batch variance term of SGD's modified loss, in R_IG's
+  normalisation, ``V = (1/(M m)) Σ_k ‖∇Ê_k − ∇E‖²``: ``∇E`` over the whole training split (as for
+  ``r_ig``), ``Ê_k`` the mean loss of the k-th of ``M`` consecutive mini-batches of the run's
+  batch size ``B`` cut from the first ``max(probe_examples, B)`` training examples (the
+  remainder dropped), ``m`` the parameter count. Each term is the squared deviation of one
+  mini-batch gradient from the full one, so when the subset's batches are like random draws
+  (the training subset is in a fixed random order) ``V`` estimates ``E_B‖∇E_B − ∇E‖²/m``, and
+  shuffled SGD at rate h follows ``E + (hm/4)(R_IG + V)`` on average over shuffles. It is 0 for
+  full-batch training (M = 1 and the batch is the training split).
 
-Units: loss in nats, ``R_IG`` in nats²/parameter², eigenvalues and traces in nats/parameter².
+Units: loss in nats, ``R_IG`` and ``V`` in nats²/parameter², eigenvalues and traces in
+nats/parameter².
 """
 
 from __future__ import annotations
@@ -27,23 +37,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from igrlib.maths import curvature, losses, objectives
-from igrlib.maths.models import Model
+from igrlib.maths.models import Model, num_params
 
-PROBES: tuple[str, ...] = ("r_ig", "lambda_max", "trace", "param_norm")
+PROBES: tuple[str, ...] = ("r_ig", "lambda_max", "trace", "param_norm", "grad_variance")
 #: Examples per batch of the curvature subset.
 CURVATURE_BATCH = 512
 
 
 class ProbeData:
-    """What the probes read, built once per group: the training split in chunks and the fixed
-    curvature subset (its first ``examples`` training examples) in batches."""
+    """What the probes read, built once per group: the training split in chunks, the fixed
+    curvature subset (its first ``examples`` training examples) in batches, and for
+    ``grad_variance`` the run's mini-batches of that subset (``batch_size`` None: full-batch
+    training, no mini-batches)."""
 
-    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, examples: int):
+    def __init__(self, x_train: np.ndarray, y_train: np.ndarray, examples: int,
+                 batch_size: int | None = None):
         self.train = objectives.split(x_train, y_train)
         n = min(examples, len(x_train))
         batch = min(CURVATURE_BATCH, n)
         n -= n % batch
         self.curvature = curvature.stack_batches(jnp.asarray(x_train[:n]), jnp.asarray(y_train[:n]), batch)
+        self.minibatches = None
+        if batch_size is not None and batch_size < len(x_train):
+            # at least one whole mini-batch, however small the probe subset
+            n = min(max(examples, batch_size), len(x_train))
+            n -= n % batch_size
+            self.minibatches = curvature.stack_batches(jnp.asarray(x_train[:n]), jnp.asarray(y_train[:n]),
+                                                       batch_size)
 
 
 @functools.lru_cache(maxsize=32)
@@ -60,6 +80,22 @@ def _functions(model: Model):
     return grad_fn, theta_loss, norm
 
 
+@functools.lru_cache(maxsize=32)
+def _variance_fn(model: Model):
+    """``(θ, state, xs, ys, ∇E) -> (1/(M m)) Σ_k ‖∇Ê_k − ∇E‖²`` over stacked mini-batches
+    ``xs``: (M, B, ...) (one gradient at a time: memory does not grow with M)."""
+    batch_loss = objectives.loss_fn(model, is_training=False)
+
+    def variance(params, state, xs, ys, full_grad):
+        def deviation(batch):
+            g = jax.grad(lambda p: batch_loss(p, state, batch[0], batch[1])[0])(params)
+            return losses.sq_norm(jax.tree_util.tree_map(jnp.subtract, g, full_grad))
+
+        return jnp.mean(jax.lax.map(deviation, (xs, ys))) / num_params(params)
+
+    return jax.jit(variance)
+
+
 def measure(model: Model, params: Any, state: Any, data: ProbeData, key: jax.Array,
             probes: tuple[str, ...], lanczos_iters: int, trace_samples: int,
             on_host: bool = False) -> dict[str, float]:
@@ -68,9 +104,13 @@ def measure(model: Model, params: Any, state: Any, data: ProbeData, key: jax.Arr
     from Python (faster for convolutional networks on CPU, see :mod:`igrlib.maths.loops`)."""
     grad_fn, theta_loss, norm = _functions(model)
     out: dict[str, float] = {}
-    if "r_ig" in probes:
+    if "r_ig" in probes or "grad_variance" in probes:
         _, grad = grad_fn(params, state, data.train)
-        out["r_ig"] = float(losses.r_ig(grad))
+        if "r_ig" in probes:
+            out["r_ig"] = float(losses.r_ig(grad))
+        if "grad_variance" in probes:
+            out["grad_variance"] = 0.0 if data.minibatches is None else float(
+                _variance_fn(model)(params, state, *data.minibatches, grad))
     if "param_norm" in probes:
         out["param_norm"] = float(norm(params))
     if "lambda_max" in probes or "trace" in probes:

@@ -289,7 +289,8 @@ def train_group(configs: Sequence[TrainConfig], data: Dataset, progress: bool = 
               "test": objectives.split(data.x_test, data.y_test)}
     if cfg.n_val:
         splits["val"] = objectives.split(data.x_val, data.y_val)
-    probe_data = probes_mod.ProbeData(data.x_train, data.y_train, cfg.probe_examples) if cfg.probe_every else None
+    probe_data = probes_mod.ProbeData(data.x_train, data.y_train, cfg.probe_examples,
+                                      batch_size=cfg.batch_size) if cfg.probe_every else None
     carry = prog.init(seeds, hps, x_train[:2])
 
     history: list[dict[str, list]] = [{"epoch": [], "step": []} for _ in range(n)]
