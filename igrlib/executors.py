@@ -118,6 +118,8 @@ class Job:
     lease_ttl: float = leases.DEFAULT_TTL_S
     job_id: str | None = None
     log_dir: str | None = None
+    #: the store's name when it is not the experiment's (``sweep.run(..., store=...)``)
+    store: str | None = None
 
 
 def program_id(configs: Sequence[Mapping[str, Any]]) -> str:
@@ -147,7 +149,7 @@ def run_program(job: Job | Mapping[str, Any], experiment: Any = None) -> dict[st
     """
     job = Job(**job) if isinstance(job, Mapping) else job
     experiment = experiment if experiment is not None else resolve(job.experiment, job.path)
-    store = Store(experiment.NAME, job.profile, root=job.root)
+    store = Store(job.store or experiment.NAME, job.profile, root=job.root)
     status: dict[str, Any] = {"program": job.program, "state": "done", "ran": 0, "groups": 0,
                               "failed": 0, "error": None, "seconds": 0.0,
                               "worker": f"{os.uname().nodename}:{os.getpid()}"}

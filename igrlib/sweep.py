@@ -102,7 +102,7 @@ def run(experiment: Experiment, grid: Sequence[Mapping[str, Any]], profile: str 
     executor, workers, devices = executors.settings(executor, workers, devices)
     if not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be an integer >= 0, got {retries!r}")
-    store = store or Store(experiment.NAME, profile)
+    store = store if store is not None else Store(experiment.NAME, profile)
     programs = plan(experiment, grid)
     todo = [p for p in programs if not all(store.done(c) for c in p)]
     if implicit and executor == "process" and len(todo) < 2:
@@ -176,6 +176,7 @@ def _drive(backend: executors.Backend, experiment: Experiment, ref: str | None, 
         pid = executors.program_id(configs)
         jobs[pid] = executors.Job(
             experiment=ref or experiment.NAME, profile=store.profile, root=root, program=pid,
+            store=None if store.experiment == experiment.NAME else store.experiment,
             configs=[dict(c) for c in configs], path=ref and executors.import_root(ref),
             lease_ttl=lease_ttl, log_dir=backend.log_dir)
     number = {pid: i for i, pid in enumerate(jobs, 1)}

@@ -144,3 +144,11 @@ def test_sigkilled_sweep_restarted_ends_with_the_uninterrupted_records(tmp_path,
     for name, mtime in survived.items():
         assert (store.path / name).stat().st_mtime_ns == mtime, f"{name} was rewritten"
     assert _records(store) == uninterrupted
+
+
+def test_a_store_of_another_name_receives_the_records(tmp_path):
+    """``sweep.run(..., store=Store("other", ...))`` writes there, never into the experiment's own store."""
+    renamed = Store("renamed_grid", worker.PROFILE, root=tmp_path)
+    df = sweep.run(worker, worker.grid()[:2], store=renamed, verbose=False)
+    assert len(df) == 2 and set(df["status"]) == {"ok"}
+    assert len(list(renamed.records())) == 2 and not list(_store(tmp_path).records())
