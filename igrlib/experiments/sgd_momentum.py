@@ -1,0 +1,354 @@
+"""The implicit regularizers of SGD and of momentum, measured on an MNIST MLP.
+
+Shuffled SGD at learning rate h with M mini-batches follows, on average over shuffles, the flow of
+``Ẽ_SGD = E + (h/4)‖∇E‖² + (h/4M) Σ_k ‖∇Ê_k − ∇E‖² = E + (hm/4)(R_IG + V)`` (Smith, Dherin,
+Barrett & De, ICLR 2021; ``V`` the probe ``grad_variance`` of :mod:`igrlib.training.probes`, which
+for a batch of size B scales like 1/B); heavy-ball momentum β at the effective rate
+``h_eff = h/(1 − β)`` follows that of ``E + (h_eff/4)·((1 + β)/(1 − β))·‖∇E‖²`` (the chapter
+derives both). Four arms on one ReLU MLP (``width`` units, ``depth`` hidden layers, cross-entropy),
+each run a training program of :mod:`igrlib.training.program` with trajectory probes:
+
+* ``batch``: SGD at the fixed rate ``h`` over ``batch_sizes`` (the variance term falls as B grows);
+* ``ratio``: SGD at the fixed ratio ``h/B = h/ratio_anchor`` over ``batch_sizes`` (the variance
+  term is held; GD's term ``(h/4)‖∇E‖²`` grows with B);
+* ``momentum``: heavy ball (and Nesterov with ``nesterov``) at batch ``ratio_anchor`` over
+  ``betas`` at the fixed effective rate ``h`` (``learning_rate = h(1 − β)``; β = 0 is plain SGD);
+* ``gd``: full-batch GD against SGD at ``gd_batch_sizes`` at the same rate ``gd_h``, on a
+  smaller training subset ``gd_n_train`` that full-batch steps can afford.
+
+Every run trains for the profile's epoch budget (the same number of passes over the data for
+every batch size), is evaluated every ``eval_every`` epochs and probed every ``probe_every``
+evaluations; the reported checkpoint is that of maximal validation accuracy (validation images
+are training images not trained on). Because larger batches take fewer steps per epoch, claims
+about regularization strength are also read at *matched training loss*: each run's test
+accuracy and probes interpolated (in log loss) at the first time its full training loss falls
+to a level every run of the arm reaches (:func:`at_matched_loss`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from igrlib.config import ConfigError, axis_values, check_keys, resolve_profile
+from igrlib.experiments import common, mnist_mlp
+from igrlib.io.results import run_id
+from igrlib.maths import stats
+from igrlib.measurement.measure import MeasureConfig
+from igrlib.training.config import TrainConfig
+
+NAME = "sgd_momentum"
+
+_PROBES = ("r_ig", "lambda_max", "param_norm", "grad_variance")
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(  # three programs: only checks that every path runs
+        h=0.1, batch_sizes=(64,), ratio_anchor=64, betas=(0.0, 0.9), nesterov=False,
+        gd_h=0.2, gd_batch_sizes=(), gd_n_train=128, seed=(0, 1),
+        base=dict(width=16, epochs=2, n_train=256, n_val=128, n_test=256, eval_every=1,
+                  probe_every=1, probe_examples=128, probes=("r_ig", "grad_variance")),
+        gd_epochs=4,
+        measure=dict(curvature_examples=128, curvature_batch=128, lanczos_iters=3, trace_samples=2,
+                     slope_directions=2, noise_draws=2, sigmas=(0.0,), slices=False),
+    ),
+    "cpu": dict(
+        h=0.05, batch_sizes=(32, 128, 512), ratio_anchor=128, betas=(0.0, 0.5, 0.9, 0.99),
+        nesterov=False, gd_h=0.1, gd_batch_sizes=(32,), gd_n_train=1000, seed=(0, 1, 2, 3, 4),
+        base=dict(width=50, epochs=24, n_train=5000, n_val=1000, n_test=5000, eval_every=2,
+                  probe_every=2, probe_examples=1024, probe_lanczos_iters=8),
+        gd_epochs=400,
+        measure=dict(curvature_examples=1024, lanczos_iters=10, trace_samples=4, slope_directions=3,
+                     noise_draws=2, sigmas=(0.0,), slices=False),
+    ),
+    "paper": dict(
+        h=0.05, batch_sizes=(32, 64, 128, 256, 512, 1024), ratio_anchor=128,
+        betas=(0.0, 0.5, 0.9, 0.99), nesterov=True, gd_h=0.1, gd_batch_sizes=(32, 128, 512),
+        gd_n_train=10_000, seed=(0, 1, 2, 3, 4),
+        base=dict(width=200, epochs=200, n_train=None, n_val=5000, n_test=None, eval_every=1,
+                  probe_every=5, probe_examples=4096),
+        gd_epochs=5000,
+        measure=dict(slices=False),
+    ),
+}
+BASE = dict(mnist_mlp.BASE, thresholds=(0.5,), probes=_PROBES)
+#: Most evaluations of a full-batch GD run (its many one-step epochs are otherwise evaluated).
+GD_EVALUATIONS = 40
+AXES = ("h", "batch_sizes", "ratio_anchor", "betas", "nesterov", "gd_h", "gd_batch_sizes",
+        "gd_n_train", "gd_epochs", "seed")
+
+
+def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
+    """The run configs of ``profile``, every arm (see the module docstring), duplicates dropped
+    (the SGD run at batch ``ratio_anchor`` and rate ``h`` belongs to three arms). ``overrides``
+    replace entries of :data:`AXES` (``seed``: a list or a count) or training fields
+    (``epochs``, ``n_train``, ...). Every value is validated here, before any compute."""
+    spec = PROFILES[resolve_profile(profile)]
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    arms = {k: overrides.pop(k, spec[k]) for k in AXES}
+    check_keys(overrides, [f.name for f in dataclasses.fields(TrainConfig)], "sgd_momentum override")
+    seeds = axis_values("seed", arms["seed"])
+    batches = axis_values("batch_sizes", arms["batch_sizes"])
+    betas = axis_values("betas", arms["betas"])
+    if any(not isinstance(b, (int, float)) or isinstance(b, bool) or not 0 <= b < 1 for b in betas):
+        raise ConfigError(f"betas must be numbers in [0, 1), got {betas!r}")
+    if not isinstance(arms["nesterov"], bool):
+        raise ConfigError(f"nesterov must be True or False, got {arms['nesterov']!r}")
+    base = {**BASE, **spec["base"], **overrides}
+    measure = MeasureConfig(**spec["measure"])
+    h, anchor = arms["h"], arms["ratio_anchor"]
+    for name in ("h", "gd_h"):
+        if isinstance(arms[name], bool) or not isinstance(arms[name], (int, float)) or arms[name] <= 0:
+            raise ConfigError(f"{name} must be a positive number, got {arms[name]!r}")
+    configs = []
+    for b in batches:  # the batch and ratio arms
+        configs += common.make_grid({**base, "batch_size": b}, dict(learning_rate=(h,), seed=seeds), measure)
+        configs += common.make_grid({**base, "batch_size": b},
+                                    dict(learning_rate=(h * b / anchor,), seed=seeds), measure)
+    methods = ("momentum", "nesterov") if arms["nesterov"] else ("momentum",)
+    for beta in betas:  # the momentum arm at the fixed effective rate h
+        for method in methods if beta > 0 else ("sgd",):
+            arm = {"method": method, "beta": float(beta)} if beta > 0 else {"method": "sgd"}
+            configs += common.make_grid({**base, **arm, "batch_size": anchor},
+                                        dict(learning_rate=(h * (1 - beta),), seed=seeds), measure)
+    gd_base = {**base, "n_train": arms["gd_n_train"], "epochs": arms["gd_epochs"]}
+    # GD's steps are cheap next to evaluating three splits: at most GD_EVALUATIONS evaluations
+    gd_eval = max(base["eval_every"], arms["gd_epochs"] // GD_EVALUATIONS)
+    configs += common.make_grid({**gd_base, "method": "gd", "batch_size": None, "eval_every": gd_eval},
+                                dict(learning_rate=(arms["gd_h"],), seed=seeds), measure)
+    for b in tuple(arms["gd_batch_sizes"]):  # may be empty: GD alone
+        # SGD at the GD arm's rate: the same epochs would be far more steps, so it gets the
+        # main budget (it reaches every loss GD reaches long before)
+        configs += common.make_grid({**gd_base, "epochs": base["epochs"], "batch_size": b},
+                                    dict(learning_rate=(arms["gd_h"],), seed=seeds), measure)
+    unique = {run_id(c): c for c in configs}
+    return list(unique.values())
+
+
+group_key = common.group_key
+group_size = common.group_size
+run_group = common.run_group
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+
+
+def tidy(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> pd.DataFrame:
+    """One row per run: config, metrics at the validation-selected checkpoint, and the columns
+    ``beta`` (0 for SGD and GD), ``batch`` (the batch size; the training-set size for GD),
+    ``h_over_b``, ``h_eff = h/(1 − β)``, ``log10_r_ig``, ``n_test_images`` and the arm flags
+    ``in_batch``, ``in_ratio``, ``in_momentum``, ``in_gd`` of the grid's arms (a run can be in
+    several)."""
+    spec = {**PROFILES[resolve_profile(profile)], **{k: v for k, v in overrides.items() if v is not None}}
+    df = runs.copy()
+    df["beta"] = df["beta"].fillna(0.0) if "beta" in df else 0.0
+    df["batch"] = df["batch_size"].fillna(df["n_train"]).astype(int)
+    df["h_over_b"] = df["learning_rate"] / df["batch"]
+    df["h_eff"] = df["learning_rate"] / (1 - df["beta"])
+    df["log10_r_ig"] = np.log10(df["r_ig"].where(df["r_ig"] > 0)) if "r_ig" in df else np.nan
+    df["n_test_images"] = df["n_test"].fillna(mnist_mlp.FULL_TEST).astype(int)
+    main = df["n_train"].fillna(-1) != spec["gd_n_train"]
+    sgd = df["method"] == "sgd"
+    anchor, h = spec["ratio_anchor"], spec["h"]
+    df["in_batch"] = main & sgd & np.isclose(df["learning_rate"], h)
+    df["in_ratio"] = main & sgd & np.isclose(df["h_over_b"], h / anchor)
+    df["in_momentum"] = main & (df["batch"] == anchor) & np.isclose(df["h_eff"], h)
+    df["in_gd"] = ~main & np.isclose(df["learning_rate"], spec["gd_h"])
+    return df
+
+
+def _crossing(loss: Sequence[float], level: float) -> tuple[int, float] | None:
+    """``(i, w)`` with the first ``loss[i] ≤ level`` and the weight ``w`` of point ``i`` in the
+    log-loss interpolation between ``i − 1`` and ``i`` (1 when ``i`` is the first point)."""
+    loss = np.asarray(loss, float)
+    hit = np.flatnonzero(np.isfinite(loss) & (loss <= level))
+    if not len(hit):
+        return None
+    i = int(hit[0])
+    if i == 0 or not np.isfinite(loss[i - 1]):
+        return i, 1.0
+    lo, hi = np.log(loss[i]), np.log(loss[i - 1])
+    return i, float((hi - np.log(level)) / (hi - lo)) if hi > lo else 1.0
+
+
+def _interpolate(values: Sequence[float], where: tuple[int, float] | None, log: bool) -> float:
+    if where is None or values is None:
+        return float("nan")
+    i, w = where
+    v = np.asarray([np.nan if x is None else x for x in values], float)
+    if i == 0 or w == 1.0:
+        return float(v[i])
+    a, b = (np.log(v[i - 1]), np.log(v[i])) if log else (v[i - 1], v[i])
+    out = (1 - w) * a + w * b
+    return float(np.exp(out) if log else out)
+
+
+def matched_level(frame: pd.DataFrame) -> float:
+    """The lowest training loss (nats, whole training split) that every run of ``frame``
+    reaches at an evaluation and at a probe: the largest per-run minimum of either, so that
+    evaluations and probes are both read at a loss they actually passed."""
+    lows = []
+    for history in frame["history"]:
+        lows.append(max(np.nanmin(np.asarray(history["train_loss"], float)),
+                        np.nanmin(np.asarray(history.get("probe_train_loss", [np.inf]), float))))
+    return float(max(lows)) * (1 + 1e-9) if lows else float("nan")
+
+
+#: Probe histories read at matched loss (quantity: log-interpolated).
+MATCHED_PROBES = ("r_ig", "grad_variance", "lambda_max")
+
+
+def at_matched_loss(frame: pd.DataFrame, level: float | None = None) -> pd.DataFrame:
+    """``frame`` (tidied) with, at the matched training loss ``level`` (default
+    :func:`matched_level` of ``frame``), each run's ``epoch_at_E``, ``test_acc_at_E``,
+    ``val_acc_at_E`` (linear in log loss between the two evaluations around the crossing) and
+    ``r_ig_at_E``, ``grad_variance_at_E``, ``lambda_max_at_E`` (log-linear between the probes
+    around it), ``log10_r_ig_at_E`` and the level ``E_match``."""
+    level = matched_level(frame) if level is None else level
+    out = frame.copy()
+    cols: dict[str, list[float]] = {k: [] for k in ("epoch_at_E", "test_acc_at_E", "val_acc_at_E",
+                                                    *(f"{p}_at_E" for p in MATCHED_PROBES))}
+    for history in frame["history"]:
+        where = _crossing(history["train_loss"], level)
+        cols["epoch_at_E"].append(_interpolate(history["epoch"], where, log=False))
+        cols["test_acc_at_E"].append(_interpolate(history["test_acc"], where, log=False))
+        cols["val_acc_at_E"].append(_interpolate(history.get("val_acc"), where, log=False))
+        where = _crossing(history.get("probe_train_loss", []), level)
+        for name in MATCHED_PROBES:
+            values = history.get(f"probe_{name}") if where is not None else None
+            positive = values is not None and all(v is not None and v > 0 for v in values)
+            cols[f"{name}_at_E"].append(_interpolate(values, where, log=positive))
+    for k, v in cols.items():
+        out[k] = v
+    out["log10_r_ig_at_E"] = np.log10(out["r_ig_at_E"].where(out["r_ig_at_E"] > 0))
+    out["E_match"] = level
+    return out
+
+
+def _arm(df: pd.DataFrame, name: str) -> pd.DataFrame:
+    frame = df[df[f"in_{name}"] & (df["status"] == "ok")]
+    return at_matched_loss(frame) if len(frame) else frame
+
+
+def arms(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> dict[str, pd.DataFrame]:
+    """The ok runs of each arm (``batch``, ``ratio``, ``momentum``, ``gd``), each read at its own
+    matched training loss (:func:`at_matched_loss`)."""
+    df = tidy(runs, profile, **overrides)
+    return {name: _arm(df, name) for name in ("batch", "ratio", "momentum", "gd")}
+
+
+#: Equivalence margin for "the same test accuracy" (our choice): 0.5 % of the test set.
+ACC_MARGIN = 0.005
+
+
+def _paired(frame: pd.DataFrame, x: str, low: Any, high: Any, y: str, scale: float) -> list[float]:
+    """Per seed, ``scale·(y(x = high) − y(x = low))`` (seeds with both runs only)."""
+    cells = frame.pivot_table(index="seed", columns=x, values=y, aggfunc="mean")
+    if low not in cells or high not in cells:
+        return []
+    return (scale * (cells[high] - cells[low])).dropna().tolist()
+
+
+def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The "What we found" table (columns of :func:`igrlib.maths.stats.finding`). Trends are
+    within-seed rank trends; accuracy effects are in test images; "at E*" rows read each run at
+    its arm's matched training loss, the others at the validation-selected checkpoint."""
+    rows = []
+
+    def add(claim, frame, x, y, sign, what, effect=None):
+        if frame is None or frame.empty:
+            rows.append(dict(claim=claim, statistic=what, value="no runs", p=np.nan, effect="",
+                             verdict="no evidence"))
+            return
+        rows.append(stats.finding(claim, frame, x, y, sign, what, effect=effect))
+
+    def images(frame):
+        return mnist_mlp.test_images_scale(frame) if len(frame) else (1.0, "accuracy")
+
+    def level(frame):
+        return f"E* = {frame['E_match'].iloc[0]:.3g}" if len(frame) else "E*"
+
+    b, r, mom, gd = (groups[k] for k in ("batch", "ratio", "momentum", "gd"))
+    add("fixed h: test accuracy falls as B grows (at E*)", b, "batch", "test_acc_at_E", -1,
+        f"ρ(B, test acc at {level(b)})", images(b))
+    add("fixed h: test accuracy falls as B grows (selected checkpoint)", b, "batch", "test_acc", -1,
+        "ρ(B, test acc), validation-selected", images(b))
+    add("fixed h: R_IG at E* rises as B grows (weaker implicit regularizer)", b, "batch",
+        "log10_r_ig_at_E", +1, f"ρ(B, log10 R_IG at {level(b)})", (1.0, "decades"))
+    add("fixed h: variance term V at E* falls as B grows (∝ 1/B)", b, "batch", "grad_variance_at_E", -1,
+        f"ρ(B, V at {level(b)})")
+    if len(r) and r["batch"].nunique() > 1:
+        scale = float(r["n_test_images"].iloc[0])
+        small, large = r["batch"].min(), r["batch"].max()
+        rows.append(stats.equivalence_finding(
+            f"fixed h/B: same test accuracy at B = {small} and B = {large} (at E*)",
+            _paired(r, "batch", small, large, "test_acc_at_E", scale), ACC_MARGIN * scale, "test images",
+            f"paired Δ test images (B = {large} − B = {small}) at {level(r)}"))
+        rows.append(stats.equivalence_finding(
+            f"fixed h/B: same test accuracy at B = {small} and B = {large} (selected checkpoint)",
+            _paired(r, "batch", small, large, "test_acc", scale), ACC_MARGIN * scale, "test images",
+            f"paired Δ test images (B = {large} − B = {small}), validation-selected"))
+    add("fixed h/B: no trend of test accuracy with B (at E*)", r, "batch", "test_acc_at_E", -1,
+        f"ρ(B, test acc at {level(r)}); 'no evidence' is the prediction", images(r))
+    add("momentum at fixed h/(1−β): R_IG at E* falls with β", mom, "beta", "log10_r_ig_at_E", -1,
+        f"ρ(β, log10 R_IG at {level(mom)})", (1.0, "decades"))
+    add("momentum at fixed h/(1−β): test accuracy rises with β (at E*)", mom, "beta", "test_acc_at_E", +1,
+        f"ρ(β, test acc at {level(mom)})", images(mom))
+    add("momentum at fixed h/(1−β): test accuracy rises with β (selected checkpoint)", mom, "beta",
+        "test_acc", +1, "ρ(β, test acc), validation-selected", images(mom))
+    add("momentum at fixed h/(1−β): λ_max at E* falls with β", mom, "beta", "lambda_max_at_E", -1,
+        f"ρ(β, λ_max at {level(mom)})", (1.0, "λ_max"))
+    add("GD vs SGD at the same h: SGD (smaller B) reaches higher test accuracy (at E*)", gd, "batch",
+        "test_acc_at_E", -1, f"ρ(B, test acc at {level(gd)}), GD = full batch", images(gd))
+    add("GD vs SGD at the same h: SGD reaches lower R_IG (at E*)", gd, "batch", "log10_r_ig_at_E", +1,
+        f"ρ(B, log10 R_IG at {level(gd)})", (1.0, "decades"))
+    return stats.finish(rows, "E* per arm")
+
+
+def summary(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
+    """Means over seeds per setting ``keys``: runs, matched level, epoch there, test accuracy
+    at E* and at the selected checkpoint, R_IG, V and V/R_IG at E*, λ_max at E* and at the
+    checkpoint (measured there over the curvature subset)."""
+    if frame.empty:
+        return pd.DataFrame()
+    f = frame.assign(v_over_r_ig_at_E=frame["grad_variance_at_E"] / frame["r_ig_at_E"])
+    cols = ["E_match", "epoch_at_E", "test_acc_at_E", "test_acc", "r_ig_at_E", "grad_variance_at_E",
+            "v_over_r_ig_at_E", "lambda_max_at_E", "lambda_max"]
+    out = f.groupby(list(keys))[[c for c in cols if c in f]].mean()
+    out.insert(0, "runs", f.groupby(list(keys)).size())
+    return out
+
+
+def trajectories(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`igrlib.experiments.common.trajectories` of ``frame`` with its ``batch``, ``beta``
+    and ``method`` columns (for plots of E, R_IG and V along training)."""
+    traj = common.trajectories(frame)
+    extra = frame.set_index("id")[["batch", "beta", "method"]]
+    return traj.drop(columns=[c for c in ("method",) if c in traj]).join(extra, on="id")
+
+
+def describe(configs: Sequence[Mapping[str, Any]], profile: str | None = None) -> str:
+    """What a grid runs, from the configs and the profile's arm settings, for the protocol
+    paragraph (so the text cannot drift from the grid)."""
+    spec = PROFILES[resolve_profile(profile)]
+    trains = [c["train"] for c in configs]
+    main = [t for t in trains if t["n_train"] != spec["gd_n_train"]]
+    t0 = main[0]
+    seeds = sorted({t["seed"] for t in trains})
+    gd = [t for t in trains if t["n_train"] == spec["gd_n_train"]]
+    methods = sorted({t["method"] for t in main if t["method"] != "sgd"})
+    return (f"{len(configs)} runs, seeds {seeds}. MLP: {t0['depth']} hidden {t0['activation']} layers of "
+            f"{t0['width']} units, cross-entropy. Main subset: {t0['n_train'] or 'all'} training images "
+            f"(class-balanced), {t0['n_val']} validation images, {t0['n_test'] or 'all'} test images; "
+            f"{t0['epochs']} epochs, evaluated every {t0['eval_every']}, probed every "
+            f"{t0['probe_every'] * t0['eval_every']} epochs (V over the first {t0['probe_examples']} "
+            f"training images, λ_max by {t0['probe_lanczos_iters']} Lanczos steps). Batch arm: SGD at "
+            f"h = {spec['h']:g}, B ∈ {sorted({t['batch_size'] for t in main if t['method'] == 'sgd'})}; "
+            f"ratio arm: h/B = {spec['h']:g}/{spec['ratio_anchor']}; momentum arm: "
+            f"{', '.join(methods) or 'none'} at B = {spec['ratio_anchor']}, β ∈ {list(spec['betas'])}, "
+            f"h = {spec['h']:g}(1 − β). GD arm: {gd[0]['n_train']} training images, GD at h = "
+            f"{spec['gd_h']:g} for {spec['gd_epochs']} steps beside SGD at B ∈ {list(spec['gd_batch_sizes'])} "
+            f"for {t0['epochs']} epochs. Checkpoint: maximal validation accuracy.") if gd else ""
