@@ -257,3 +257,42 @@ def quadratic_implicit_coefficient(h, kappa: float):
     (:func:`igrlib.maths.bea.quadratic_exact_rate`); ``h/4 + h²κ/6 + …``, NaN for ``hκ ≥ 1``."""
     check_positive(kappa, "kappa")
     return (bea.quadratic_exact_rate(h, kappa) / kappa - 1) / (2 * kappa)
+
+
+@dataclasses.dataclass(frozen=True)
+class GradientMatch:
+    """The gradient-matching rate of one point and how far to trust it.
+
+    ``c``: the coefficient of ``‖∇E‖²`` that makes ``∇(E + c‖∇E‖²)`` as small as possible there
+    (units of h); ``cosine``: ``⟨g, H g⟩/(‖g‖‖Hg‖)``; ``residual``: ``‖g + 2c·Hg‖/‖g‖ = √(1 − cos²)``,
+    the share of the gradient that no choice of ``c`` cancels; ``rayleigh``: ``gᵀHg/‖g‖²`` (units
+    of λ), the curvature along the gradient.
+    """
+
+    c: float
+    cosine: float
+    residual: float
+    rayleigh: float
+
+
+def gradient_matching_rate(E: bea.Loss, theta) -> GradientMatch:
+    """``ĉ = −⟨∇E, ∇R⟩/‖∇R‖²`` with ``R = ‖∇E‖²`` (``∇R = 2H∇E``), i.e. ``−gᵀHg/(2‖Hg‖²)``: the
+    least-squares ``c`` for ``∇E + c∇R = 0``, the stationarity condition of the modified loss
+    ``E + c‖∇E‖²``. In R_IG units (``R_IG = ‖∇E‖²/m``) the rate is ``λ̂ = ĉ·m``.
+
+    It estimates the implicit coefficient only where GD sits near a stationary point of a modified
+    loss (``residual`` near 0); elsewhere it is a property of the point, not of the iteration. When
+    ``g`` lies along one eigenvector of ``H`` with eigenvalue ``λ``, ``ĉ = −1/(2λ)`` exactly (cosine
+    ±1): at the edge of stability, ``λ = 2/h``, that is ``−h/4``, the first-order rate with the
+    opposite sign. Float64 only; one gradient and one Hessian-vector product.
+    """
+    theta, _ = bea.check_study(theta, [1.0])
+    grad = jax.grad(E)
+    g, hg = jax.jvp(grad, (theta,), (grad(theta),))
+    g, hg = np.asarray(g), np.asarray(hg)
+    ghg, hg2, g2 = float(g @ hg), float(hg @ hg), float(g @ g)
+    if not (hg2 > 0 and g2 > 0):
+        raise ConfigError("∇E or H∇E vanishes at θ: no gradient-matching rate")
+    cosine = ghg / np.sqrt(hg2 * g2)
+    return GradientMatch(c=-ghg / (2 * hg2), cosine=cosine,
+                         residual=float(np.sqrt(max(0.0, 1 - cosine**2))), rayleigh=ghg / g2)
