@@ -41,6 +41,21 @@ def test_sam_matches_egr_at_the_mapped_mu_to_second_order_in_rho():
     assert np.all(study["gap"] / study["step"] < 2e-5)
 
 
+def test_the_gradient_norm_penalty_matches_egr_at_mu_alpha_r_over_twice_the_gradient_norm():
+    """Zhao et al.'s rule at (α, r) against EGR at μ = αr/(2‖∇E‖): gap of order 2 in r, with the
+    leading term α·h(r²/2)‖∇³E[d, d]‖."""
+    rs = np.geomspace(1e-4, 1e-2, 5)
+    with jax.enable_x64(True):
+        study = sam_egr.gnp_gap_study(E, jnp.array(THETA), H, 0.8, rs)
+        grad_norm = float(jnp.linalg.norm(jax.grad(E)(jnp.array(THETA))))
+    assert abs(bea.fit_order(rs, study["gap"].to_numpy()) - 2) < 0.01
+    rel = np.abs(study["gap"] / study["predicted"] - 1).to_numpy()
+    assert rel[0] < 1e-4 and np.all(np.diff(rel) > 0)
+    np.testing.assert_allclose(study["mu"], 0.8 * rs / (2 * grad_norm), rtol=1e-14)
+    with jax.enable_x64(True), pytest.raises(ConfigError, match="steps"):
+        sam_egr.gnp_gap_study(E, jnp.array(THETA), H, 0.8, [0.1])
+
+
 def test_an_unmapped_mu_leaves_a_first_order_gap():
     """Normalised SAM against EGR at the unnormalised map μ = ρ/2: the gap is O(ρ), not O(ρ²)."""
     rhos = RHOS["normalized"]

@@ -68,3 +68,31 @@ def gap_study(E: bea.Loss, theta, h: float, rhos) -> pd.DataFrame:
                 "expected": 2,
             })
     return pd.DataFrame(rows)
+
+
+def gnp_gap_study(E: bea.Loss, theta, h: float, alpha: float, rs) -> pd.DataFrame:
+    """The one-step gap between Zhao et al.'s gradient-norm penalty (library rule ``"gnp"``) at
+    mixing ``α`` and finite-difference step ``r``, and EGR at ``μ = αr/(2‖∇E‖)``, for each r in
+    ``rs``: the penalty's update ``(1 − α)g + α∇E(θ + r·g/‖g‖) = g + αr·Hg/‖g‖ + (αr²/2)∇³E[d, d]
+    + O(r³)``, so to first order it is normalised SAM at ``ρ = αr`` and the gap is
+    ``h·(αr²/2)·‖∇³E[d, d]‖`` (``predicted``), order 2 in r. Columns as :func:`gap_study`, with
+    ``ascent = "gnp"`` and ``rho = r``. Float64 only."""
+    theta, _ = bea.check_study(theta, [h])
+    check_positive(h, "learning rate h")
+    check_positive(alpha, "alpha")
+    values = np.asarray(rs, dtype=np.float64)
+    if values.ndim != 1 or values.size < 2 or np.any(~(values > 0)) or not np.all(np.isfinite(values)):
+        raise ConfigError(f"rs must be >= 2 positive finite steps, got {values!r}")
+    rows = []
+    for r in values:
+        mu = sam_map.mapped_mu(E, theta, float(alpha * r), "normalized")
+        gnp = library_step(E, theta, "gnp", h, alpha=float(alpha), r=float(r))
+        egr = library_step(E, theta, "egr", h, mu=mu)
+        rows.append({
+            "ascent": "gnp", "rho": r, "mu": mu, "gap": float(jnp.linalg.norm(gnp - egr)),
+            "step": float(jnp.linalg.norm(gnp)),
+            # SAM's leading term at radius r, scaled by α (the penalty mixes α of the look-ahead)
+            "predicted": alpha * sam_map.second_order_gap(E, theta, h, float(r), "normalized"),
+            "expected": 2,
+        })
+    return pd.DataFrame(rows)

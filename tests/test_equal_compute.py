@@ -1,0 +1,136 @@
+"""The equal-compute experiment: its grid (arms, budgets, pairing), the matched-loss interpolation
+(exact on power laws, in float64) and the analysis on a synthetic results frame whose effects are
+known, so every verdict can be predicted. No training here (the chapter runs it at smoke)."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from igrlib.config import ConfigError
+from igrlib.experiments import equal_compute as ec
+
+
+def _arms(grid):
+    frame = pd.DataFrame([{**c["train"], **c["train"]["hparams"]} for c in grid])
+    return frame.assign(arm=[ec.arm_of(r, 0.02, 60) for _, r in frame.iterrows()])
+
+
+def test_cpu_grid_pairs_every_arm_on_the_same_seeds_with_the_stated_budgets():
+    frame = _arms(ec.grid("cpu"))
+    assert len(frame) == 10 * 5 and frame["arm"].nunique() == 10
+    assert all(set(g["seed"]) == {0, 1, 2, 3, 4} for _, g in frame.groupby("arm"))
+    by_arm = frame.groupby("arm").first()
+    assert by_arm.loc[ec.TWICE, "epochs"] == 2 * by_arm.loc[ec.BASELINE, "epochs"] == 120
+    assert by_arm.loc["SGD h+4μ", "learning_rate"] == pytest.approx(0.02 + 4 * 0.02)
+    assert by_arm.loc["SAM-u ρ=2μ", "rho"] == pytest.approx(2 * by_arm.loc["EGR (HVP)", "mu"])
+    assert by_arm.loc["EGR (FD)", "penalty_method"] == "finite_difference"
+    assert (frame["patience"].isna()).all() and (frame["selection"] == "validation").all()
+
+
+def test_grid_refuses_bad_input_before_any_compute():
+    with pytest.raises(ConfigError, match="bogus"):
+        ec.grid("bogus")
+    with pytest.raises(ConfigError, match="mu"):
+        ec.grid("smoke", mu=-0.1)
+    with pytest.raises(ConfigError, match="override"):
+        ec.grid("smoke", batch_size=7)
+    with pytest.raises(ConfigError, match="unknown arm"):
+        ec.arms({**ec.PROFILES["smoke"], "arms": ("SGD h", "Adam")})
+
+
+def test_matched_loss_interpolation_is_exact_on_power_laws():
+    """Along a run with q = c·E^k at the probes, log-log interpolation returns c·E*^k exactly;
+    the epoch is interpolated linearly in log E."""
+    losses = np.array([2.0, 0.8, 0.3, 0.1, 0.05])
+    epochs = np.array([0.0, 6.0, 12.0, 18.0, 24.0])
+    probes = pd.DataFrame({"id": "a", "step": np.arange(5), "epoch": epochs, "train_loss": losses,
+                           "r_ig": 3e-4 * losses**1.7, "lambda_max": 40 * losses**-0.3,
+                           "hessian_trace": 5 * losses**0.5, "grad_norm": 2 * losses**0.85})
+    never = probes.assign(id="b", train_loss=losses + 0.2)
+    level = 0.2
+    out = ec.at_matched_loss(pd.concat([probes, never]), level).set_index("id")
+    np.testing.assert_allclose(out.loc["a", "r_ig"], 3e-4 * level**1.7, rtol=1e-12)
+    np.testing.assert_allclose(out.loc["a", "lambda_max"], 40 * level**-0.3, rtol=1e-12)
+    np.testing.assert_allclose(out.loc["a", "hessian_trace"], 5 * level**0.5, rtol=1e-12)
+    w = np.log(level / 0.3) / np.log(0.1 / 0.3)
+    assert out.loc["a", "epoch_at_level"] == pytest.approx(12 + 6 * w, rel=1e-12)
+    assert out.loc["b"].isna().all()  # b's loss never falls to 0.2
+    assert ec.matched_level(pd.concat([probes, never])) == pytest.approx(0.25)
+    with pytest.raises(ConfigError):
+        ec.at_matched_loss(probes, 0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# A synthetic results frame: every arm on 5 seeds, with effects chosen per arm
+
+SEEDS = range(5)
+#: arm -> (Δ test accuracy over SGD h, factor on R_IG along the trajectory), per seed alike
+EFFECTS = {ec.BASELINE: (0.0, 1.0), ec.TWICE: (0.004, 1.0), "SGD h+4μ": (0.006, 0.5),
+           "EGR (HVP)": (0.006, 0.5), "EGR (FD)": (0.006, 0.5), "GNP": (-0.003, 0.3),
+           "SAM-u ρ=2μ": (0.006, 0.5), "SAM ρ=0.05": (0.010, 0.2)}
+
+
+def _run(arm, seed, m=1000):
+    spec = ec.PROFILES["cpu"]
+    train = dict(ec.arms(spec))[arm]
+    hp = {k: v for k, v in train.items() if k not in ("method", "learning_rate", "epochs")}
+    d_acc, factor = EFFECTS[arm]
+    noise = 1e-4 * ((seed * 7 + len(arm)) % 5 - 2)  # seed-to-seed spread, smaller than every effect
+    losses = np.geomspace(2.0, 0.02 * (1 + seed / 10), 6)
+    history = {"probe_step": list(range(6)), "probe_epoch": [6.0 * i for i in range(6)],
+               "probe_train_loss": list(losses), "probe_r_ig": list(factor * 1e-4 * losses),
+               "probe_lambda_max": list(factor * 30 + 0 * losses), "probe_hessian_trace": list(factor * 300 + 0 * losses)}
+    return dict(id=f"{arm}-{seed}", status="ok", method=train["method"], learning_rate=train["learning_rate"],
+                epochs=train.get("epochs", 60), seed=seed, width=50, num_params=m, n_test=10_000,
+                mu=hp.get("mu"), penalty_method=hp.get("penalty_method", "hvp"), rho=hp.get("rho"),
+                ascent=hp.get("ascent"), alpha=hp.get("alpha"), r=hp.get("r"), reached_0p95=True,
+                test_acc=0.93 + d_acc + noise, r_ig=factor * 1e-6, lambda_max=factor * 30,
+                hessian_trace=factor * 300, train_loss_full=0.03, history=history)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    return pd.DataFrame([_run(arm, s) for arm in EFFECTS for s in SEEDS])
+
+
+def test_tidy_labels_arms_budgets_and_first_order_mu(runs):
+    df = ec.tidy(runs, 0.95).set_index("id")
+    assert set(df["arm"]) == set(EFFECTS)
+    assert df.loc["SGD h, 2× steps-0", "gradient_budget"] == 2
+    assert df.loc["EGR (HVP)-0", "gradient_budget"] == 3 and df.loc["SAM ρ=0.05-0", "gradient_budget"] == 2
+    norm = np.sqrt(1000 * df.loc["SAM ρ=0.05-0", "r_ig"])
+    assert df.loc["SAM ρ=0.05-0", "mu_first_order"] == pytest.approx(0.05 / (2 * norm), rel=1e-12)
+    assert df.loc["SAM-u ρ=2μ-0", "mu_first_order"] == pytest.approx(0.02, rel=1e-12)
+    gnp = np.sqrt(1000 * df.loc["GNP-0", "r_ig"])
+    assert df.loc["GNP-0", "mu_first_order"] == pytest.approx(0.8 * 0.1 / (2 * gnp), rel=1e-12)
+    assert np.isnan(df.loc["SGD h-0", "mu_first_order"])
+
+
+def test_findings_give_the_verdicts_the_planted_effects_imply(runs):
+    table = ec.findings(runs, 0.95).set_index("claim")
+    verdict = table["verdict"]
+    # every seed moves the predicted way: p = 1/32 with 5 seeds
+    assert verdict["SAM ρ=0.05 raises test accuracy over SGD h (equal steps)"] == "reproduced"
+    assert verdict["GNP raises test accuracy over SGD h (equal steps)"] == "not reproduced"
+    assert verdict["SAM ρ=0.05 lowers R_IG at E* (vs SGD h)"] == "reproduced"
+    assert verdict["SGD h, 2× steps lowers R_IG at E* (vs SGD h)"] == "no evidence"  # identical trajectories
+    assert verdict["SAM ρ=0.05 raises test accuracy over SGD h, 2× steps (equal gradients)"] == "reproduced"
+    assert verdict["GNP raises test accuracy over SGD h, 2× steps (equal gradients)"] == "not reproduced"
+    # EGR (HVP) costs three gradients a step: no equal-gradient row
+    assert not any("EGR (HVP) raises test accuracy over SGD h, 2×" in c for c in table.index)
+    assert verdict["EGR (FD) ≈ EGR (HVP): same test accuracy"] == "reproduced"
+    assert verdict["SAM-u ρ=2μ ≈ EGR (HVP): same R_IG at E*"] == "reproduced"
+    effect = table.loc["SAM ρ=0.05 raises test accuracy over SGD h (equal steps)", "effect"]
+    assert effect.startswith("+100")  # 0.010 of 10,000 test images
+
+
+def test_arms_table_reads_the_verdicts_and_costs(runs):
+    costs = ec.cost_table(pd.DataFrame([{"width": 50, "batch": 512, "seconds_SGD": 0.01, "seconds_EGR (HVP)": 0.03,
+                                         "seconds_SAM ρ=0.05": 0.02}]))
+    assert dict(zip(costs["arm"], costs["ratio_to_sgd"]))[ec.TWICE] == 1.0
+    table = ec.arms_table(runs, 0.95, costs).set_index("arm")
+    assert table.loc["EGR (HVP)", "wall time / step (× SGD)"] == pytest.approx(3.0)
+    assert table.loc["SAM ρ=0.05", "Δ test images vs SGD h"] == pytest.approx(100, abs=2)
+    assert table.loc["SAM ρ=0.05", "acc verdict (equal steps)"] == "reproduced"
+    assert table.loc["SAM ρ=0.05", "R_IG at E*"] < table.loc[ec.BASELINE, "R_IG at E*"]
+    assert np.isnan(table.loc["GNP", "wall time / step (× SGD)"])  # not timed in this frame
