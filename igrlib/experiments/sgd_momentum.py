@@ -14,7 +14,8 @@ each run a training program of :mod:`igrlib.training.program` with trajectory pr
 * ``momentum``: heavy ball (and Nesterov with ``nesterov``) at batch ``ratio_anchor`` over
   ``betas`` at the fixed effective rate ``h`` (``learning_rate = h(1 − β)``; β = 0 is plain SGD);
 * ``gd``: full-batch GD against SGD at ``gd_batch_sizes`` at the same rate ``gd_h``, on a
-  smaller training subset ``gd_n_train`` that full-batch steps can afford.
+  smaller training subset ``gd_n_train`` that full-batch steps can afford (``gd_epochs`` = 0:
+  no GD arm, as at ``smoke``, whose budget is one minute).
 
 Every run trains for the profile's epoch budget (the same number of passes over the data for
 every batch size), is evaluated every ``eval_every`` epochs and probed every ``probe_every``
@@ -50,7 +51,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         gd_h=0.2, gd_batch_sizes=(), gd_n_train=128, seed=(0, 1),
         base=dict(width=16, epochs=2, n_train=256, n_val=128, n_test=256, eval_every=1,
                   probe_every=1, probe_examples=128, probes=("r_ig", "grad_variance")),
-        gd_epochs=4,
+        gd_epochs=0,
         measure=dict(curvature_examples=128, curvature_batch=128, lanczos_iters=3, trace_samples=2,
                      slope_directions=2, noise_draws=2, sigmas=(0.0,), slices=False),
     ),
@@ -113,6 +114,10 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
             arm = {"method": method, "beta": float(beta)} if beta > 0 else {"method": "sgd"}
             configs += common.make_grid({**base, **arm, "batch_size": anchor},
                                         dict(learning_rate=(h * (1 - beta),), seed=seeds), measure)
+    if isinstance(arms["gd_epochs"], bool) or not isinstance(arms["gd_epochs"], int) or arms["gd_epochs"] < 0:
+        raise ConfigError(f"gd_epochs must be an integer >= 0, got {arms['gd_epochs']!r}")
+    if arms["gd_epochs"] == 0:
+        return list({run_id(c): c for c in configs}.values())
     gd_base = {**base, "n_train": arms["gd_n_train"], "epochs": arms["gd_epochs"]}
     # GD's steps are cheap next to evaluating three splits: at most GD_EVALUATIONS evaluations
     gd_eval = max(base["eval_every"], arms["gd_epochs"] // GD_EVALUATIONS)
@@ -310,13 +315,13 @@ def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 def summary(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
     """Means over seeds per setting ``keys``: runs, matched level, epoch there, test accuracy
-    at E* and at the selected checkpoint, R_IG, V and V/R_IG at E*, λ_max at E* and at the
-    checkpoint (measured there over the curvature subset)."""
+    at E* and at the selected checkpoint, R_IG, V and V/R_IG at E*, R_IG at the checkpoint,
+    λ_max at E* and at the checkpoint (measured there over the curvature subset)."""
     if frame.empty:
         return pd.DataFrame()
     f = frame.assign(v_over_r_ig_at_E=frame["grad_variance_at_E"] / frame["r_ig_at_E"])
     cols = ["E_match", "epoch_at_E", "test_acc_at_E", "test_acc", "r_ig_at_E", "grad_variance_at_E",
-            "v_over_r_ig_at_E", "lambda_max_at_E", "lambda_max"]
+            "v_over_r_ig_at_E", "r_ig", "lambda_max_at_E", "lambda_max"]
     out = f.groupby(list(keys))[[c for c in cols if c in f]].mean()
     out.insert(0, "runs", f.groupby(list(keys)).size())
     return out
@@ -339,16 +344,18 @@ def describe(configs: Sequence[Mapping[str, Any]], profile: str | None = None) -
     t0 = main[0]
     seeds = sorted({t["seed"] for t in trains})
     gd = [t for t in trains if t["n_train"] == spec["gd_n_train"]]
+    gd_text = (f"GD arm: {gd[0]['n_train']} training images, GD at h = {spec['gd_h']:g} for "
+               f"{spec['gd_epochs']} steps beside SGD at B ∈ {list(spec['gd_batch_sizes'])} for "
+               f"{t0['epochs']} epochs." if gd else "No GD arm at this profile.")
     methods = sorted({t["method"] for t in main if t["method"] != "sgd"})
     return (f"{len(configs)} runs, seeds {seeds}. MLP: {t0['depth']} hidden {t0['activation']} layers of "
             f"{t0['width']} units, cross-entropy. Main subset: {t0['n_train'] or 'all'} training images "
             f"(class-balanced), {t0['n_val']} validation images, {t0['n_test'] or 'all'} test images; "
             f"{t0['epochs']} epochs, evaluated every {t0['eval_every']}, probed every "
             f"{t0['probe_every'] * t0['eval_every']} epochs (V over the first {t0['probe_examples']} "
-            f"training images, λ_max by {t0['probe_lanczos_iters']} Lanczos steps). Batch arm: SGD at "
+            f"training images" + (f", λ_max by {t0['probe_lanczos_iters']} Lanczos steps"
+                                  if "lambda_max" in t0["probes"] else "") + "). Batch arm: SGD at "
             f"h = {spec['h']:g}, B ∈ {sorted({t['batch_size'] for t in main if t['method'] == 'sgd'})}; "
             f"ratio arm: h/B = {spec['h']:g}/{spec['ratio_anchor']}; momentum arm: "
             f"{', '.join(methods) or 'none'} at B = {spec['ratio_anchor']}, β ∈ {list(spec['betas'])}, "
-            f"h = {spec['h']:g}(1 − β). GD arm: {gd[0]['n_train']} training images, GD at h = "
-            f"{spec['gd_h']:g} for {spec['gd_epochs']} steps beside SGD at B ∈ {list(spec['gd_batch_sizes'])} "
-            f"for {t0['epochs']} epochs. Checkpoint: maximal validation accuracy.") if gd else ""
+            f"h = {spec['h']:g}(1 − β). {gd_text} Checkpoint: maximal validation accuracy.")
