@@ -83,3 +83,11 @@ def test_arms_and_findings_on_synthetic_runs():
     assert table.loc["fixed h: test accuracy falls as B grows (at E*)", "verdict"] == "reproduced"
     assert table.loc["fixed h: R_IG at E* rises as B grows (weaker implicit regularizer)", "verdict"] == "reproduced"
     assert table.loc["fixed h/B: same test accuracy at B = 16 and B = 64 (at E*)", "verdict"] == "reproduced"
+
+
+def test_gd_epochs_zero_drops_the_gd_arm():
+    smoke = sgd_momentum.grid("smoke")
+    assert {c["train"]["method"] for c in smoke} == {"sgd", "momentum"}
+    assert "No GD arm" in sgd_momentum.describe(smoke, "smoke")
+    with pytest.raises(ConfigError, match="gd_epochs"):
+        sgd_momentum.grid("smoke", gd_epochs=-1)
