@@ -109,3 +109,15 @@ def test_tiny_problem_is_float64_and_shares_its_loss_across_seeds():
         assert not np.allclose(theta0, theta1) and float(E0(theta0)) > 0
     with pytest.raises(ConfigError, match="pool"):
         eos.tiny_problem(8, 2, 5)
+
+
+def test_edge_window_keeps_the_stretch_at_the_edge_only():
+    steps = [0, 10, 20, 30, 40, 50, 60]
+    z = [1.0, 1.95, 2.5, 2.1, 1.92, 1.5, 1.0]
+    out = eos.edge_window(steps, z)
+    assert (out["edge_entry"], out["edge_exit"], out["edge_max"]) == (10, 40, 2.5)
+    window = np.array([1.95, 2.5, 2.1, 1.92])
+    assert out["edge_mean"] == pytest.approx(window.mean(), rel=1e-15)
+    assert out["edge_sd"] == pytest.approx(window.std(ddof=1), rel=1e-14)
+    assert out["edge_frac_above_2"] == 0.5
+    assert np.isnan(eos.edge_window(steps, [1.0] * 7)["edge_entry"])

@@ -68,18 +68,20 @@ ENTRY = 1.9
 WINDOW = 8
 #: EGR's small rate is ``h/EGR_DIVISOR``.
 EGR_DIVISOR = 4
+#: Probes of h·λ_max along GD's path in the flatness study.
+FLATNESS_PROBES = 20
 #: The flows of the flatness study run for up to ``FLOW_HORIZON`` times GD's duration ``n·h``.
 FLOW_HORIZON = 3
 
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         sharpening=dict(width=(16,), learning_rate=(0.05, 0.2), seed=(0,),
-                        base=dict(n_train=128, n_test=128, epochs=30, eval_every=10,
-                                  probe_lanczos_iters=6), timing_steps=0),
+                        base=dict(n_train=128, n_test=128, epochs=20, eval_every=10,
+                                  probe_lanczos_iters=4), timing_steps=0),
         tiny=dict(n_train=32, width=4, pool=7, warm_h=0.05, warm_steps=10),
-        flows=dict(z=(1.9,), n=16, every=4),
-        rate=dict(z=(1.0,), n=16, every=8),
-        flatness=dict(z=1.9, n=16, seed=(0, 1)),
+        flows=dict(z=(1.9,), n=12, every=4),
+        rate=dict(z=(1.0,), n=8, every=8),
+        flatness=dict(z=1.9, n=8, seed=(0,)),
     ),
     "cpu": dict(
         sharpening=dict(width=(100,), learning_rate=(0.025, 0.05, 0.1), seed=(0,),
@@ -152,6 +154,25 @@ def entry_summary(steps: Sequence[int], h_lambda: Sequence[float], threshold: fl
     return out
 
 
+def edge_window(steps: Sequence[int], h_lambda: Sequence[float], threshold: float = ENTRY) -> dict[str, float]:
+    """The stretch at the edge of a probe trajectory: from the first to the last probe with
+    ``h·λ_max ≥ threshold`` (``edge_entry``, ``edge_exit``; NaN if none), and over it the mean,
+    standard deviation and maximum of ``h·λ_max`` and the share of probes above 2. Unlike
+    :func:`entry_summary` it leaves out the late phase of cross-entropy training, where ``λ_max``
+    falls as the loss goes to 0 (Cohen et al. 2021, Appendix on cross-entropy)."""
+    steps, z = np.asarray(steps, float), np.asarray(h_lambda, float)
+    if steps.shape != z.shape or steps.size == 0:
+        raise ConfigError("steps and h·λ_max must be non-empty and of equal length")
+    hit = np.flatnonzero(z >= threshold)
+    if not hit.size:
+        return dict(edge_entry=np.nan, edge_exit=np.nan, edge_mean=np.nan, edge_sd=np.nan,
+                    edge_max=np.nan, edge_frac_above_2=np.nan)
+    window = z[hit[0]:hit[-1] + 1]
+    return dict(edge_entry=float(steps[hit[0]]), edge_exit=float(steps[hit[-1]]), edge_mean=float(window.mean()),
+                edge_sd=float(window.std(ddof=1)) if window.size > 1 else np.nan, edge_max=float(window.max()),
+                edge_frac_above_2=float(np.mean(window > 2)))
+
+
 def _steps_per_second(configs: Sequence[TrainConfig], data: data_mod.Dataset, steps: int) -> float:
     """Full-batch GD steps per second of the training program for this group with probes off and
     one evaluation at the end (``timing_steps`` of the config; 0: not timed, NaN) (the second of two identical calls, so compilation is excluded)."""
@@ -201,14 +222,18 @@ SHARPENING = _Sharpening()
 
 
 def sharpening_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per run: width, h, ``2/h``, the entry summary (:func:`entry_summary`), final
-    training loss and accuracy, steps per second."""
-    cols = ["width", "learning_rate", "seed", "status", "h_lambda_start", "h_lambda_peak", "entry_step",
-            "h_lambda_after", "h_lambda_sd", "frac_above_2", "final_train_loss", "final_train_acc",
-            "steps_per_s"]
-    df = runs[[c for c in cols if c in runs]].copy()
-    df.insert(2, "two_over_h", 2 / df["learning_rate"])
-    return df.sort_values(["width", "learning_rate", "seed"]).reset_index(drop=True)
+    """One row per run: width, h, ``2/h``, ``h·λ_max`` at the start and its peak, the stretch at
+    the edge (:func:`edge_window`), final training loss and accuracy, steps per second."""
+    rows = []
+    for _, run in runs.iterrows():
+        h = run["history"]
+        z = h.get("probe_h_lambda_max") or [np.nan]
+        rows.append(dict(width=run["width"], learning_rate=run["learning_rate"], two_over_h=2 / run["learning_rate"],
+                         seed=run["seed"], status=run["status"], h_lambda_start=z[0], h_lambda_peak=np.nanmax(z),
+                         **edge_window(h.get("probe_step") or [0], z),
+                         final_train_loss=run["final_train_loss"], final_train_acc=run["final_train_acc"],
+                         steps_per_s=pd.to_numeric(run["steps_per_s"])))
+    return pd.DataFrame(rows).sort_values(["width", "learning_rate", "seed"]).reset_index(drop=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,13 +364,18 @@ def flatness_study(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     ``n`` steps sets the target loss ``E(θ_n)``; each arm is stopped at the first of its points
     (steps for GD and EGR, times ``step·h`` for the flows, up to :data:`FLOW_HORIZON`·n·h) with
     ``E ≤`` the target, and ``λ_max(E)`` is measured there (NaN if an arm never gets there).
-    Metrics ``lambda_<arm>``, ``time_<arm>`` (time ``t`` of the stop), ``target_loss``, ``h``."""
+    Metrics ``lambda_<arm>``, ``time_<arm>`` (time ``t`` of the stop), ``target_loss``, ``h``, and
+    GD's own edge: ``gd_h_lambda_peak`` and ``gd_edge_step`` (first step with ``h·λ_max > 2``,
+    None if none; GD starts at ``z`` < 2), from :data:`FLATNESS_PROBES` + 1 equally spaced probes."""
     E, theta, lam = _problem(config, config["seed"])
     h, n = config["z"] / lam, config["n"]
     losses_of = jax.jit(jax.vmap(E))
     gd = np.asarray(bea.gd_trajectory(E, theta, h, n))
     gd_loss = np.asarray(losses_of(jnp.asarray(gd)))
     target = float(gd_loss[-1])
+    probed = np.arange(0, n + 1, max(1, n // FLATNESS_PROBES))
+    gd_sharp = np.array([h * bea.sharpness(E, jnp.asarray(gd[s])) for s in probed])
+    beyond = np.flatnonzero(gd_sharp > 2)
     horizon = FLOW_HORIZON * n
     ts = jnp.arange(horizon + 1) * h
     flows = np.asarray(_low_order_flows(E, theta, jnp.asarray(h), ts))
@@ -353,7 +383,8 @@ def flatness_study(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
             "egr": (np.asarray(_egr_path(E, theta, jnp.asarray(h / EGR_DIVISOR), jnp.asarray(h / 4),
                                          EGR_DIVISOR * horizon)), 1 / EGR_DIVISOR)}
     metrics: dict[str, Any] = dict(h=h, lambda_start=lam, target_loss=target, seed=config["seed"],
-                                   num_params=int(theta.size))
+                                   num_params=int(theta.size), gd_h_lambda_peak=float(gd_sharp.max()),
+                                   gd_edge_step=int(probed[beyond[0]]) if beyond.size else None)
     history: dict[str, list] = {}
     for name, (path, dt) in arms.items():
         loss = np.asarray(losses_of(jnp.asarray(path)))
@@ -447,7 +478,8 @@ ARMS = {"gd": "GD at h", "modified_flow": "flow of E + (h/4)‖∇E‖²",
 def flatness_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per seed of the flatness study: the target loss and λ_max of each arm there."""
     df = runs[runs["study"] == "flatness"]
-    cols = ["seed", "h", "target_loss"] + [f"lambda_{a}" for a in ARMS] + [f"time_{a}" for a in ARMS]
+    cols = (["seed", "h", "target_loss", "gd_h_lambda_peak", "gd_edge_step"] + [f"lambda_{a}" for a in ARMS]
+            + [f"time_{a}" for a in ARMS])
     return df[cols].sort_values("seed").reset_index(drop=True)
 
 
