@@ -87,7 +87,7 @@ def test_arms_and_findings_on_synthetic_runs():
 
 def test_gd_epochs_zero_drops_the_gd_arm():
     smoke = sgd_momentum.grid("smoke")
-    assert {c["train"]["method"] for c in smoke} == {"sgd", "momentum"}
+    assert {c["train"]["method"] for c in smoke} == {"sgd"}
     assert "No GD arm" in sgd_momentum.describe(smoke, "smoke")
     with pytest.raises(ConfigError, match="gd_epochs"):
         sgd_momentum.grid("smoke", gd_epochs=-1)
