@@ -234,3 +234,17 @@ def test_profiles_name_a_disjoint_second_seed_set_at_cpu_only():
         assert module.seed_set_b("smoke", [7, 8], [0, 1]) == (7, 8)
     assert "no second seed set" in mnist_mlp.seed_sets_note([0, 1], ())
     assert "B = [5, 6]" in mnist_mlp.seed_sets_note([0, 1], (5, 6))
+
+
+def test_history_frame_keeps_evaluations_and_leaves_probes_to_trajectories():
+    """Probes run at their own cadence (shorter lists than the evaluations): a run recorded with
+    them still gives one row per evaluation, and its probes one row per probe and quantity."""
+    from igrlib.experiments import common
+    history = {"epoch": [1, 2, 3, 4], "step": [10, 20, 30, 40], "test_acc": [0.1, 0.2, 0.3, 0.4],
+               "probe_step": [20, 40], "probe_epoch": [2, 4], "probe_r_ig": [1e-3, 1e-4]}
+    runs = pd.DataFrame([{"id": "a", "width": 50, "learning_rate": 0.1, "seed": 0, "status": "ok",
+                          "history": history}])
+    frame = common.history_frame(runs, ("width", "seed"))
+    assert list(frame["epoch"]) == [1, 2, 3, 4] and not any(c.startswith("probe_") for c in frame)
+    assert (frame["width"] == 50).all()
+    assert list(common.trajectories(runs)["value"]) == [1e-3, 1e-4]

@@ -196,14 +196,7 @@ def cost_grid(profile: str | None = None) -> list[dict[str, Any]]:
 
 def history_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table of every evaluation of every run: arm, h, μ, seed, epoch and the metrics."""
-    df = tidy(runs)
-    frames = []
-    for _, run in df.iterrows():
-        h = pd.DataFrame(run["history"])
-        for col in ("arm", "learning_rate", "mu", "seed", "status"):
-            h[col] = run[col]
-        frames.append(h)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return common.history_frame(tidy(runs), ("arm", "learning_rate", "mu", "seed", "status"))
 
 
 def describe(configs: Sequence[Mapping[str, Any]]) -> str:

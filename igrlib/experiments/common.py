@@ -150,3 +150,16 @@ def trajectories(runs: pd.DataFrame) -> pd.DataFrame:
                              "value": value})
     return pd.DataFrame(rows, columns=[*[c for c in RUN_COLUMNS if c in runs.columns],
                                        "step", "epoch", "quantity", "value"])
+
+
+def history_frame(runs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Long table of every evaluation of every run: the run's ``columns``, ``epoch`` and the
+    per-evaluation metrics of its history. Probes (``probe_*``) run at their own cadence, so their
+    lists are shorter; they are left to :func:`trajectories`."""
+    frames = []
+    for _, run in runs.iterrows():
+        h = pd.DataFrame({k: v for k, v in run["history"].items() if not k.startswith("probe_")})
+        for col in columns:
+            h[col] = run[col]
+        frames.append(h)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -430,13 +430,7 @@ def matched_loss_findings(runs: pd.DataFrame, targets: Sequence[float] = (0.1, 0
 
 def history_frame(runs: pd.DataFrame) -> pd.DataFrame:
     """Long table of every evaluation of every run: width, learning_rate, seed, epoch, metrics."""
-    rows = []
-    for _, run in runs.iterrows():
-        h = pd.DataFrame({k: v for k, v in run["history"].items() if not k.startswith("probe_")})
-        for col in ("width", "learning_rate", "seed", "status"):
-            h[col] = run[col]
-        rows.append(h)
-    return pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    return common.history_frame(runs, ("width", "learning_rate", "seed", "status"))
 
 
 def protocol(t0: Mapping[str, Any], m0: Mapping[str, Any], seeds: Sequence[int], full_train: int,
