@@ -58,6 +58,11 @@ def test_matched_loss_interpolation_is_exact_on_power_laws():
     assert ec.matched_level(pd.concat([probes, never])) == pytest.approx(0.25)
     with pytest.raises(ConfigError):
         ec.at_matched_loss(probes, 0.0)
+    # test accuracy from the evaluation history: linear in log E between the evaluations
+    runs = pd.DataFrame([{"id": "a", "history": {"train_loss": list(losses), "test_acc": [0.1, 0.5, 0.8, 0.9, 0.95]}},
+                         {"id": "b", "history": {"train_loss": list(losses + 0.2), "test_acc": [0.1] * 5}}])
+    acc = ec.accuracy_at_loss(runs, level).set_index("id")["test_acc_at_level"]
+    assert acc["a"] == pytest.approx(0.8 + w * 0.1, rel=1e-12) and np.isnan(acc["b"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,7 +84,8 @@ def _run(arm, seed, m=1000):
     losses = np.geomspace(2.0, 0.02 * (1 + seed / 10), 6)
     history = {"probe_step": list(range(6)), "probe_epoch": [6.0 * i for i in range(6)],
                "probe_train_loss": list(losses), "probe_r_ig": list(factor * 1e-4 * losses),
-               "probe_lambda_max": list(factor * 30 + 0 * losses), "probe_hessian_trace": list(factor * 300 + 0 * losses)}
+               "probe_lambda_max": list(factor * 30 + 0 * losses), "probe_hessian_trace": list(factor * 300 + 0 * losses),
+               "train_loss": list(losses), "test_acc": list(0.93 + d_acc + noise - 0.1 * losses)}
     return dict(id=f"{arm}-{seed}", status="ok", method=train["method"], learning_rate=train["learning_rate"],
                 epochs=train.get("epochs", 60), seed=seed, width=50, num_params=m, n_test=10_000,
                 mu=hp.get("mu"), penalty_method=hp.get("penalty_method", "hvp"), rho=hp.get("rho"),
@@ -113,13 +119,16 @@ def test_findings_give_the_verdicts_the_planted_effects_imply(runs):
     assert verdict["SAM ρ=0.05 raises test accuracy over SGD h (equal steps)"] == "reproduced"
     assert verdict["GNP raises test accuracy over SGD h (equal steps)"] == "not reproduced"
     assert verdict["SAM ρ=0.05 lowers R_IG at E* (vs SGD h)"] == "reproduced"
-    assert verdict["SGD h, 2× steps lowers R_IG at E* (vs SGD h)"] == "no evidence"  # identical trajectories
+    # the 2× arm is SGD h's own run until its last step: no row at the matched loss
+    assert not any(c.startswith(f"{ec.TWICE} ") and "at E*" in c for c in table.index)
     assert verdict["SAM ρ=0.05 raises test accuracy over SGD h, 2× steps (equal gradients)"] == "reproduced"
     assert verdict["GNP raises test accuracy over SGD h, 2× steps (equal gradients)"] == "not reproduced"
     # EGR (HVP) costs three gradients a step: no equal-gradient row
     assert not any("EGR (HVP) raises test accuracy over SGD h, 2×" in c for c in table.index)
     assert verdict["EGR (FD) ≈ EGR (HVP): same test accuracy"] == "reproduced"
     assert verdict["SAM-u ρ=2μ ≈ EGR (HVP): same R_IG at E*"] == "reproduced"
+    assert verdict["SAM ρ=0.05 raises test accuracy at E* (vs SGD h)"] == "reproduced"
+    assert verdict["GNP raises test accuracy at E* (vs SGD h)"] == "not reproduced"
     effect = table.loc["SAM ρ=0.05 raises test accuracy over SGD h (equal steps)", "effect"]
     assert effect.startswith("+100")  # 0.010 of 10,000 test images
 
@@ -134,3 +143,13 @@ def test_arms_table_reads_the_verdicts_and_costs(runs):
     assert table.loc["SAM ρ=0.05", "acc verdict (equal steps)"] == "reproduced"
     assert table.loc["SAM ρ=0.05", "R_IG at E*"] < table.loc[ec.BASELINE, "R_IG at E*"]
     assert np.isnan(table.loc["GNP", "wall time / step (× SGD)"])  # not timed in this frame
+
+
+def test_accuracy_differences_pair_by_seed_and_respect_the_gradient_budget(runs):
+    kept, _ = ec.matched(runs, 0.95)
+    twice = ec.accuracy_differences(kept, ec.TWICE)
+    assert "EGR (HVP)" not in set(twice["arm"]) and ec.BASELINE not in set(twice["arm"])
+    sam = twice[twice["arm"] == "SAM ρ=0.05"]
+    assert list(sam["seed"]) == list(SEEDS)
+    np.testing.assert_allclose(sam["d"].mean(), 1e4 * (0.010 - 0.004), atol=2)
+    assert set(ec.accuracy_differences(kept, ec.BASELINE)["arm"]) == set(EFFECTS) - {ec.BASELINE}

@@ -56,7 +56,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         width=(16,), seed=(0, 1), h=0.05, mu=0.02, rho=(0.05,), gnp=dict(alpha=0.8, r=0.1),
         # each update rule is a program of its own, compiled in ~8 s of CPU: smoke runs two
         arms=("SGD h", "SGD h+4μ", "SAM ρ=0.05"),
-        base=dict(epochs=2, batch_size=256, n_train=1024, n_val=512, n_test=512, eval_every=1,
+        base=dict(epochs=2, depth=1, batch_size=256, n_train=1024, n_val=512, n_test=512, eval_every=1,
                   thresholds=(0.1,), probe_every=1, probe_examples=128, probe_lanczos_iters=4,
                   probe_trace_samples=2),
         measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=4, trace_samples=2,
@@ -71,7 +71,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   probe_trace_samples=4),
         measure=dict(curvature_examples=1024, lanczos_iters=12, trace_samples=10,
                      slope_directions=5, noise_draws=2, sigmas=(0.0,), slices=False),
-        cost_batch=512, cost_repeats=7,
+        cost_batch=512, cost_repeats=15,
     ),
     "paper": dict(
         width=(200,), seed=(0, 1, 2, 3, 4), h=0.005, mu=0.025, rho=(0.01, 0.05, 0.2),
@@ -242,6 +242,18 @@ def matched_level(probes: pd.DataFrame) -> float:
     return float(probes.groupby("id")["train_loss"].min().max())
 
 
+def _crossing(loss: np.ndarray, level: float) -> tuple[int, int, float] | None:
+    """``(j, k, w)``: the first index k with ``loss[k] ≤ level``, its predecessor j and the weight
+    w of k in a linear interpolation in log E between them; None if the loss never gets there."""
+    below = np.flatnonzero(loss <= level)
+    if not len(below):
+        return None
+    k = int(below[0])
+    j = max(k - 1, 0)
+    w = 0.0 if k == j else float((np.log(level) - np.log(loss[j])) / (np.log(loss[k]) - np.log(loss[j])))
+    return j, k, w
+
+
 def at_matched_loss(probes: pd.DataFrame, level: float, quantities: Sequence[str] = MATCHED) -> pd.DataFrame:
     """Each run's ``quantities`` where its training loss first falls to ``level`` (nats), by
     linear interpolation in (log E, log q) between the probe evaluations on either side (the
@@ -251,15 +263,12 @@ def at_matched_loss(probes: pd.DataFrame, level: float, quantities: Sequence[str
     rows = []
     for run_id, run in probes.groupby("id", sort=False):
         run = run.sort_values("step")
-        loss = run["train_loss"].to_numpy()
-        below = np.flatnonzero(loss <= level)
+        found = _crossing(run["train_loss"].to_numpy(float), level)
         row = {"id": run_id}
-        if not len(below):
+        if found is None:
             rows.append({**row, "epoch_at_level": np.nan, **{q: np.nan for q in quantities}})
             continue
-        k = int(below[0])
-        j = max(k - 1, 0)
-        w = 0.0 if k == j else (np.log(level) - np.log(loss[j])) / (np.log(loss[k]) - np.log(loss[j]))
+        j, k, w = found
         epochs = run["epoch"].to_numpy(float)
         row["epoch_at_level"] = epochs[j] + w * (epochs[k] - epochs[j])
         for q in quantities:
@@ -269,17 +278,37 @@ def at_matched_loss(probes: pd.DataFrame, level: float, quantities: Sequence[str
     return pd.DataFrame(rows)
 
 
+def accuracy_at_loss(runs: pd.DataFrame, level: float) -> pd.DataFrame:
+    """Each run's test accuracy at the evaluation where its training loss first falls to
+    ``level`` (nats), interpolated linearly in log E between the evaluations on either side of
+    it (evaluations are every ``eval_every`` epochs, finer than the probes): ``test_acc_at_level``,
+    NaN when the run never gets there. One row per run (``id``)."""
+    check_positive(level, "matched training loss")
+    rows = []
+    for _, run in runs.iterrows():
+        h = run["history"]
+        found = _crossing(np.asarray(h["train_loss"], float), level)
+        acc = np.nan
+        if found is not None:
+            j, k, w = found
+            acc = (1 - w) * h["test_acc"][j] + w * h["test_acc"][k]
+        rows.append({"id": run["id"], "test_acc_at_level": acc})
+    return pd.DataFrame(rows, columns=["id", "test_acc_at_level"])
+
+
 def matched(runs: pd.DataFrame, threshold: float) -> tuple[pd.DataFrame, float]:
     """The kept runs of :func:`tidy` with the :data:`MATCHED` quantities at the matched loss E*
-    (columns ``<q>_at_level`` and ``log10_r_ig_at_level``), and E* (:func:`matched_level` over
-    the kept runs)."""
+    (columns ``<q>_at_level`` and ``log10_r_ig_at_level``), the test accuracy there
+    (``test_acc_at_level``, :func:`accuracy_at_loss`), and E* (:func:`matched_level` over the
+    kept runs)."""
     df = tidy(runs, threshold)
     kept = df[df["category"] == "kept"]
     probes = probe_frame(runs, threshold)
     probes = probes[probes["id"].isin(kept["id"])]
     level = matched_level(probes)
     at = at_matched_loss(probes, level).rename(columns={q: f"{q}_at_level" for q in MATCHED})
-    out = kept.merge(at, on="id", how="left")
+    out = kept.merge(at, on="id", how="left").merge(accuracy_at_loss(runs[runs["id"].isin(kept["id"])], level),
+                                                     on="id", how="left")
     out["log10_r_ig_at_level"] = np.log10(out["r_ig_at_level"])
     return out, level
 
@@ -306,14 +335,31 @@ def _paired_differences(frame: pd.DataFrame, arm: str, reference: str, column: s
     return (scale * (cells[arm] - cells[reference])).dropna().tolist()
 
 
+def accuracy_differences(kept: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per arm and seed, the paired test-accuracy difference arm − ``reference`` in test images
+    (``d``), over the kept runs ``kept`` (with ``arm``, ``seed``, ``test_acc``, ``n_test_images``).
+    Against ``SGD h, 2× steps`` only the arms with at most two gradients a step (equal budgets)."""
+    images = float(kept["n_test_images"].iloc[0]) if len(kept) else float(mnist_mlp.FULL_TEST)
+    rows = []
+    for arm in arm_order(kept):
+        per_step = kept.loc[kept["arm"] == arm, "gradients_per_step"].max()
+        if arm == reference or (reference == TWICE and (arm in (BASELINE, "SGD h+4μ") or per_step > 2)):
+            continue
+        pair = _pair(kept, arm, reference).pivot_table(index="seed", columns="arm", values="test_acc")
+        if arm in pair and reference in pair:
+            rows += [dict(arm=arm, seed=seed, d=images * d) for seed, d in (pair[arm] - pair[reference]).dropna().items()]
+    return pd.DataFrame(rows, columns=["arm", "seed", "d"])
+
+
 def findings(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """The "What we found" table. For every arm against ``SGD h`` (equal steps): test accuracy
-    rises (paired effect in test images), R_IG, λ_max and tr H at the matched training loss E*
-    fall. For every arm with at most two gradients a step against ``SGD h, 2× steps`` (equal
+    rises at the selected checkpoint and at the matched training loss E* (paired effects in test
+    images), R_IG, λ_max and tr H at E* fall. For every arm with at most two gradients a step against ``SGD h, 2× steps`` (equal
     gradient evaluations): test accuracy rises. Then the equivalences the first-order maps
     predict: EGR (FD) ≈ EGR (HVP), SAM-u ρ=2μ ≈ EGR (HVP), EGR (HVP) ≈ SGD h+4μ (test accuracy
     within :data:`ACC_MARGIN` of the test set, R_IG at E* within :data:`R_IG_MARGIN` decades).
-    Each trend row is a two-level within-seed test (x = 0 for the reference, 1 for the arm):
+    The 2× arm has no rows at E*: until SGD h's last step it is the same run (same seed, same data
+    order), so it passes E* at the same point. Each trend row is a two-level within-seed test (x = 0 for the reference, 1 for the arm):
     with 5 seeds, p = 1/32 when every seed moves the predicted way."""
     kept, level = matched(runs, threshold)
     images = mnist_mlp.test_images_scale(kept)
@@ -325,6 +371,10 @@ def findings(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
         pair = _pair(kept, arm, BASELINE)
         rows.append(stats.finding(f"{arm} raises test accuracy over SGD h (equal steps)", pair, "x",
                                   "test_acc", +1, "ρ(arm, test acc)", effect=images))
+        if arm == TWICE:  # its first half IS the SGD h run (same seed, same data order): same path at E*
+            continue
+        rows.append(stats.finding(f"{arm} raises test accuracy at E* (vs SGD h)", pair, "x",
+                                  "test_acc_at_level", +1, f"ρ(arm, test acc at E = {level:.3g})", effect=images))
         for col, name in (("log10_r_ig_at_level", "R_IG"), ("lambda_max_at_level", "λ_max"),
                           ("hessian_trace_at_level", "tr H")):
             rows.append(stats.finding(f"{arm} lowers {name} at E* (vs SGD h)", pair, "x", col, -1,
@@ -380,6 +430,8 @@ def arms_table(runs: pd.DataFrame, threshold: float, costs: pd.DataFrame | None 
             "wall time / step (× SGD)": ratio.get(arm, np.nan),
             "test acc": good["test_acc"].mean(),
             "Δ test images vs SGD h": mean, "95 % CI": (f"[{lo:+.0f}, {hi:+.0f}]" if np.isfinite(lo) else "–"),
+            "test acc at E*": good["test_acc_at_level"].mean(),
+            "acc verdict at E*": verdict(f"{arm} raises test accuracy at E* (vs SGD h)"),
             "R_IG at E*": good["r_ig_at_level"].mean(), "λ_max at E*": good["lambda_max_at_level"].mean(),
             "tr H at E*": good["hessian_trace_at_level"].mean(),
             "first-order μ": good["mu_first_order"].mean(),
@@ -401,11 +453,16 @@ def describe(configs: Sequence[Mapping[str, Any]]) -> str:
     epochs = int(frame.loc[frame["method"] != "sgd", "epochs"].min())
     frame["arm"] = [arm_of(row, h, epochs) for _, row in frame.iterrows()]
     seeds = sorted(int(s) for s in frame["seed"].unique())
-    t0 = next(t for t in trains if t["method"] == "egr")
-    labels = ", ".join(dict.fromkeys(frame["arm"]))
-    return (f"{len(configs)} runs: arms {labels}; h = {h:g}, μ = {t0['hparams']['mu']:g}, "
-            f"{epochs} epochs ({2 * epochs} for the 2× arm), no early stopping; width "
-            f"{sorted(int(w) for w in frame['width'].unique())}; "
+    t0 = next(t for t in trains if t["method"] != "sgd")
+    arms_text = "; ".join(
+        f"{arm} ({row['method']}, h = {row['learning_rate']:g}"
+        + "".join(f", {k} = {v:g}" if isinstance(v, float) else f", {k} = {v}"
+                  for k, v in trains[i]["hparams"].items() if k != "fd_radius" or row["penalty_method"] == "finite_difference")
+        + ")"
+        for arm, (i, row) in {r["arm"]: (i, r) for i, r in frame.iterrows()}.items())
+    twice = f" ({2 * epochs} for the 2× arm)" if TWICE in set(frame["arm"]) else ""
+    return (f"{len(configs)} runs: {arms_text}; {epochs} epochs{twice}, no early "
+            f"stopping; width {sorted(int(w) for w in frame['width'].unique())}; "
             + mnist_mlp.protocol(t0, configs[0]["measure"], seeds, 60_000, mnist_mlp.FULL_TEST))
 
 
@@ -414,15 +471,17 @@ def describe(configs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def cost_grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
-    """One step-cost config per width of ``profile``: the arms' update rules (:func:`arms`, SGD
-    once), ``cost_batch`` training images, ``cost_repeats`` interleaved timing rounds."""
+    """One step-cost config per width of ``profile`` (its depth): the arms' update rules
+    (:func:`arms`, SGD once), ``cost_batch`` training images, ``cost_repeats`` interleaved timing
+    rounds."""
     spec, axes = _spec(profile, {k: v for k, v in overrides.items() if k != "seed"})
     rules = {}
     for label, arm in arms(spec):
         if arm["method"] == "sgd":
             label = "SGD"
         rules.setdefault(label, {k: v for k, v in arm.items() if k != "epochs"})
-    return [dict(width=w, batch=spec["cost_batch"], repeats=spec["cost_repeats"], rules=rules)
+    depth = spec["base"].get("depth", BASE["depth"])
+    return [dict(width=w, depth=depth, batch=spec["cost_batch"], repeats=spec["cost_repeats"], rules=rules)
             for w in axes["width"]]
 
 
@@ -432,7 +491,7 @@ def _time_rules(config: Mapping[str, Any]) -> dict[str, float]:
     so that a change of machine load hits them alike."""
     mnist = data.load("mnist", n_train=config["batch"], n_test=10)
     x, y = jnp.asarray(mnist.x_train), jnp.asarray(mnist.y_train)
-    model = models.mlp(config["width"], depth=BASE["depth"])
+    model = models.mlp(config["width"], depth=config["depth"])
     params, state = model.init(jax.random.key(0), x[:2])
     loss = loss_fn(model)
     steps, opts = {}, {}
