@@ -9,7 +9,8 @@ follows it. Four measurements, each a results-store experiment so a chapter re-r
   CIFAR-10 subset, an MLP, cross-entropy, several learning rates, ``λ_max(t)`` by Lanczos every few steps
   (the ``lambda_max`` probe on the whole training subset). Per run: the first probed step where
   ``h·λ_max ≥`` :data:`ENTRY` (entry into the edge of stability), the mean and spread of
-  ``h·λ_max`` after it, and the program's steps per second with the probes off.
+  ``h·λ_max`` after it, and the program's throughput (GD steps per second summed over a group's runs) with the
+  probes off.
 * :data:`FLOAT64` (float64 studies on a network small enough for exact flows: a tanh MLP on a few
   hundred 7×7 average-pooled MNIST images, mean squared error ``E = (1/2N) Σ‖f(x) − onehot(y)‖²``,
   started after a short warm-up by GD at a small rate, see :func:`tiny_problem`):
@@ -159,7 +160,7 @@ def edge_window(steps: Sequence[int], h_lambda: Sequence[float], threshold: floa
     ``h·λ_max ≥ threshold`` (``edge_entry``, ``edge_exit``; NaN if none), and over it the mean,
     standard deviation and maximum of ``h·λ_max`` and the share of probes above 2. Unlike
     :func:`entry_summary` it leaves out the late phase of cross-entropy training, where ``λ_max``
-    falls as the loss goes to 0 (Cohen et al. 2021, Appendix on cross-entropy)."""
+    falls as the loss goes to 0 (which Cohen et al. 2021 also report for cross-entropy)."""
     steps, z = np.asarray(steps, float), np.asarray(h_lambda, float)
     if steps.shape != z.shape or steps.size == 0:
         raise ConfigError("steps and h·λ_max must be non-empty and of equal length")
@@ -174,8 +175,10 @@ def edge_window(steps: Sequence[int], h_lambda: Sequence[float], threshold: floa
 
 
 def _steps_per_second(configs: Sequence[TrainConfig], data: data_mod.Dataset, steps: int) -> float:
-    """Full-batch GD steps per second of the training program for this group with probes off and
-    one evaluation at the end (``timing_steps`` of the config; 0: not timed, NaN) (the second of two identical calls, so compilation is excluded)."""
+    """Throughput of the training program on this group: GD steps summed over its runs per second
+    of wall time (each run does this divided by the group's size), full batch, probes off, one
+    evaluation at the end, ``steps`` steps; the second of two identical calls, so compilation is
+    excluded. (``timing_steps`` of a config; 0: not timed, NaN.)"""
     timed = [dataclasses.replace(c, epochs=steps, eval_every=steps, probe_every=0) for c in configs]
     train_group(timed, data, progress=False)
     start = time.perf_counter()
