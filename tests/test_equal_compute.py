@@ -153,3 +153,10 @@ def test_accuracy_differences_pair_by_seed_and_respect_the_gradient_budget(runs)
     assert list(sam["seed"]) == list(SEEDS)
     np.testing.assert_allclose(sam["d"].mean(), 1e4 * (0.010 - 0.004), atol=2)
     assert set(ec.accuracy_differences(kept, ec.BASELINE)["arm"]) == set(EFFECTS) - {ec.BASELINE}
+
+
+def test_describe_names_every_arm_of_a_grid_even_without_egr():
+    text = ec.describe(ec.grid("smoke"))
+    assert "SAM ρ=0.05 (sam, h = 0.05, rho = 0.05, ascent = normalized)" in text and "2× arm" not in text
+    text = ec.describe(ec.grid("cpu"))
+    assert "120 for the 2× arm" in text and "fd_radius = 0.001" in text and text.count("fd_radius") == 1
