@@ -58,11 +58,12 @@ def chapters(toc: Path = TOC) -> list[str]:
 
 
 def experiments(chapter: str) -> list[str]:
-    """The ``igrlib.experiments`` modules a chapter imports (``from igrlib.experiments import a, b``)."""
+    """The ``igrlib.experiments`` modules a chapter imports (``from igrlib.experiments import a,
+    b as c``: the module names, not their aliases)."""
     text = (BOOK / f"{chapter}.md").read_text()
     found: list[str] = []
     for names in re.findall(r"^\s*from igrlib\.experiments import ([\w, ]+)$", text, flags=re.M):
-        found += [n.strip() for n in names.split(",") if n.strip()]
+        found += [n.split()[0] for n in names.split(",") if n.strip()]
     return found
 
 

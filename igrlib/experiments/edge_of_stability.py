@@ -224,6 +224,14 @@ class _Sharpening:
 SHARPENING = _Sharpening()
 
 
+def grid(profile: str | None = None, seed: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The chapter's runs of the training program, i.e. :func:`sharpening_grid` (the float64
+    studies are small CPU computations): what a GPU runs at ``paper`` and what the book's cost
+    table counts. Run them alone with
+    ``.venv/bin/python -m igrlib.sweep igrlib.experiments.edge_of_stability:SHARPENING``."""
+    return sharpening_grid(profile, seed=seed)
+
+
 def sharpening_table(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run: width, h, ``2/h``, ``h·λ_max`` at the start and its peak, the stretch at
     the edge (:func:`edge_window`), final training loss and accuracy, steps per second."""
