@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from igrlib.io.results import run_id
+
 from igrlib.experiments import costs, mnist_mlp
 
 
@@ -30,8 +32,9 @@ def test_run_cost_counts_steps_and_evaluations() -> None:
 def test_table_sums_the_stored_wall_times(tmp_path) -> None:
     folder = tmp_path / "cpu" / mnist_mlp.NAME
     folder.mkdir(parents=True)
-    for i, wall in enumerate((30.0, 90.0)):
-        (folder / f"{i}.json").write_text(json.dumps({"provenance": {"wall_time_s": wall}}))
+    ids = [run_id(c) for c in mnist_mlp.grid("cpu")[:2]] + ["second-seed-set"]
+    for name, wall in zip(ids, (30.0, 90.0, 600.0)):  # only the cpu grid's runs count
+        (folder / f"{name}.json").write_text(json.dumps({"provenance": {"wall_time_s": wall}}))
     table = costs.table({"mnist_igr": mnist_mlp}, root=tmp_path).set_index("profile")
     assert list(table.index) == ["smoke", "cpu", "paper"]
     assert table.loc["cpu", "cpu here, measured (min)"] == pytest.approx(2.0)

@@ -12,7 +12,8 @@ Computed from each experiment's ``grid(profile)``, so the table cannot drift fro
   training subset and the test set every ``eval_every`` epochs). Curvature and robustness
   measurements after training are not counted (a few hundred gradient-sized passes);
 * measured CPU time: the sum of ``provenance.wall_time_s`` over the records stored under
-  ``data/results/cpu/<experiment>/`` (training time each run's share of its group);
+  ``data/results/cpu/<experiment>/`` of the ``cpu`` grid's runs (training time each run's share of
+  its group);
 * one modern GPU: ``FLOPs / GPU_FLOPS``, an *assumed* sustained float32 rate, not a measurement.
   It is a lower bound where kernels are too small to fill the GPU (narrow MLPs).
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ import pandas as pd
 
 from igrlib.config import PROFILES
 from igrlib.io import paths
+from igrlib.io.results import run_id
 from igrlib.maths import models
 
 #: assumed sustained float32 rate of one modern data-centre GPU (FLOP/s): about a third of an
@@ -75,10 +77,13 @@ def run_cost(train: dict[str, Any]) -> dict[str, float]:
     return {"steps": steps, "flops": steps * per_step + evaluations * f * evaluated}
 
 
-def measured_seconds(experiment: str, profile: str = "cpu", root: Path | None = None) -> tuple[int, float]:
-    """(records, summed ``provenance.wall_time_s``) under ``<results>/<profile>/<experiment>/``."""
+def measured_seconds(experiment: str, profile: str = "cpu", root: Path | None = None,
+                     ids: Collection[str] | None = None) -> tuple[int, float]:
+    """(records, summed ``provenance.wall_time_s``) under ``<results>/<profile>/<experiment>/``,
+    only those of the run ``ids`` when given (a store may also hold a second seed set)."""
     folder = (root or paths.results_dir()) / profile / experiment
-    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))
+               if ids is None or p.stem in ids]
     return len(records), sum(r.get("provenance", {}).get("wall_time_s") or 0.0 for r in records)
 
 
@@ -97,7 +102,8 @@ def table(chapters: dict[str, Any], root: Path | None = None) -> pd.DataFrame:
                    "cpu here, measured (min)": None,
                    "one GPU, estimated (h)": flops / GPU_FLOPS / 3600}
             if profile == "cpu":
-                count, seconds = measured_seconds(module.NAME, "cpu", root)
+                ids = {run_id(config) for config in module.grid("cpu")}
+                count, seconds = measured_seconds(module.NAME, "cpu", root, ids)
                 row["cpu here, measured (min)"] = seconds / 60 if count else None
             rows.append(row)
     return pd.DataFrame(rows)
