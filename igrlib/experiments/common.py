@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Hashable, Mapping, Sequence
+import time
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -21,7 +22,7 @@ from igrlib.io import data as data_mod
 from igrlib.maths import losses
 from igrlib.config import ConfigError
 from igrlib.measurement.measure import MeasureConfig, measure
-from igrlib.io.results import canonical
+from igrlib.io.results import canonical, run_id
 from igrlib.sweep import Outcome
 from igrlib.training.config import TrainConfig
 from igrlib.training.program import EVAL_METRICS, RunResult, train_group
@@ -163,3 +164,28 @@ def history_frame(runs: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
             h[col] = run[col]
         frames.append(h)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@dataclasses.dataclass(frozen=True)
+class Computations:
+    """A results-store experiment whose every config is one computation, not a training run:
+    ``compute(config) -> (metrics, history)``, timed (``wall_time_s``, seconds) and stored as an
+    ``ok`` record, each config a program of its own. Timings and float64 studies are of this kind."""
+
+    NAME: str
+    compute: Callable[[Mapping[str, Any]], tuple[dict[str, Any], dict[str, Any]]]
+
+    def group_key(self, config: Mapping[str, Any]) -> str:
+        return run_id(config)
+
+    def group_size(self, config: Mapping[str, Any]) -> int:
+        return 1
+
+    def run_group(self, configs: Sequence[Mapping[str, Any]]) -> list[Outcome]:
+        outcomes = []
+        for config in configs:
+            began = time.perf_counter()
+            metrics, history = self.compute(config)
+            outcomes.append(Outcome("ok", metrics=metrics, history=history,
+                                    wall_time_s=time.perf_counter() - began))
+        return outcomes

@@ -52,7 +52,6 @@ from jax.flatten_util import ravel_pytree
 from igrlib.config import ConfigError, axis_values, check_choice, check_int, check_positive, resolve_profile
 from igrlib.experiments import common
 from igrlib.io import data as data_mod
-from igrlib.io.results import run_id
 from igrlib.maths import bea, implicit_rate, losses, models, stats
 from igrlib.measurement import flow_tracking
 from igrlib.measurement.measure import MeasureConfig
@@ -435,31 +434,14 @@ def float64_grid(profile: str | None = None) -> list[dict[str, Any]]:
     return configs
 
 
-@dataclass(frozen=True)
-class _Float64:
-    """The float64 studies as a results-store experiment: one record per config, computed under
-    ``jax.enable_x64`` (metrics; the study's table in the record's history)."""
-
-    NAME: str = NAME + "_float64"
-
-    def group_key(self, config: Mapping[str, Any]) -> str:
-        return run_id(config)
-
-    def group_size(self, config: Mapping[str, Any]) -> int:
-        return 1
-
-    def run_group(self, configs: Sequence[Mapping[str, Any]]) -> list[Outcome]:
-        outcomes = []
-        for config in configs:
-            began = time.perf_counter()
-            with jax.enable_x64(True):
-                metrics, history = STUDIES[config["study"]](config)
-            outcomes.append(Outcome("ok", metrics=metrics, history=history,
-                                    wall_time_s=time.perf_counter() - began))
-        return outcomes
+def _float64_study(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
+    with jax.enable_x64(True):
+        return STUDIES[config["study"]](config)
 
 
-FLOAT64 = _Float64()
+#: The float64 studies as a results-store experiment: one record per config, computed under
+#: ``jax.enable_x64`` (metrics; the study's table in the record's history).
+FLOAT64 = common.Computations(NAME + "_float64", _float64_study)
 
 
 def study_table(runs: pd.DataFrame, study: str) -> pd.DataFrame:

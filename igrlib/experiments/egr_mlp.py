@@ -22,9 +22,8 @@ a second, disjoint seed set for the stability of the verdicts (see :func:`seed_s
 from __future__ import annotations
 
 import dataclasses
-import time
+import functools
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -39,7 +38,6 @@ from igrlib.config import ConfigError, axis_values, check_choice, check_keys, re
 from igrlib.experiments import common, mnist_mlp
 from igrlib.measurement.measure import MeasureConfig
 from igrlib.io.results import run_id
-from igrlib.sweep import Outcome
 from igrlib.maths.objectives import loss_fn
 from igrlib.training.config import TrainConfig
 
@@ -278,34 +276,22 @@ def summary(runs: pd.DataFrame, threshold: float = 1.0) -> pd.DataFrame:
     return out.join(means)
 
 
-@dataclass(frozen=True)
-class StepCostExperiment:
+class StepCostExperiment(common.Computations):
     """A results-store experiment whose runs time one gradient: plain and EGR per penalty method.
 
     A config is ``{"width": ..., "batch": ..., "mu": ..., "methods": [...], "repeats": ...}``
     (``width`` is the MLP width or the ResNet width multiplier, as ``time_fn`` reads it);
-    ``time_fn(config)`` returns :func:`igrlib.training.egr.step_cost`'s ``{name: seconds}``. Stored like
-    any run (with the machine in its provenance), a timing is made once per profile and read back
-    when a chapter re-executes.
+    ``time_fn(config)`` returns :func:`igrlib.training.egr.step_cost`'s ``{name: seconds}``, stored
+    as metrics ``seconds_<name>``. Stored like any run (with the machine in its provenance), a
+    timing is made once per profile and read back when a chapter re-executes.
     """
 
-    NAME: str
-    time_fn: Callable[[Mapping[str, Any]], dict[str, float]]
+    def __init__(self, name: str, time_fn: Callable[[Mapping[str, Any]], dict[str, float]]):
+        super().__init__(name, functools.partial(_seconds_metrics, time_fn))
 
-    def group_key(self, config: Mapping[str, Any]) -> str:
-        return run_id(config)
 
-    def group_size(self, config: Mapping[str, Any]) -> int:
-        return 1
-
-    def run_group(self, configs: Sequence[Mapping[str, Any]]) -> list[Outcome]:
-        outcomes = []
-        for config in configs:
-            start = time.perf_counter()
-            seconds = self.time_fn(config)
-            outcomes.append(Outcome("ok", metrics={f"seconds_{k}": v for k, v in seconds.items()},
-                                    wall_time_s=time.perf_counter() - start))
-        return outcomes
+def _seconds_metrics(time_fn, config):
+    return {f"seconds_{k}": v for k, v in time_fn(config).items()}, {}
 
 
 def cost_configs(spec: Mapping[str, Any], mu: float = 0.01, repeats: int = 5) -> list[dict[str, Any]]:
