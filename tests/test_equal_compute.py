@@ -36,6 +36,9 @@ def test_grid_refuses_bad_input_before_any_compute():
         ec.grid("smoke", batch_size=7)
     with pytest.raises(ConfigError, match="unknown arm"):
         ec.arms({**ec.PROFILES["smoke"], "arms": ("SGD h", "Adam")})
+    assert ec.seed_set_b("cpu", None, range(5)) == (5, 6, 7, 8, 9)
+    with pytest.raises(ConfigError, match="disjoint"):
+        ec.seed_set_b("cpu", [4, 5], range(5))
 
 
 def test_matched_loss_interpolation_is_exact_on_power_laws():

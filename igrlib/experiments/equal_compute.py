@@ -24,8 +24,9 @@ Probes along training (R_IG, λ_max, tr H of the unpenalised loss) let the chapt
 a matched training loss (:func:`at_matched_loss`) rather than at the end, where the arms fit the
 data to different degrees. Wall time per step is measured apart (:data:`COST`).
 
-Profiles (:data:`PROFILES`): ``cpu`` width 50 on a 10k-image subset, 5 seeds; ``paper`` width 200
-on the full training set, 5 seeds; ``smoke`` only checks that everything runs.
+Profiles (:data:`PROFILES`): ``cpu`` width 50 on a 10k-image subset, 5 seeds, and a disjoint second
+seed set ``seeds_b`` on which every verdict is recomputed; ``paper`` width 200 on the full training
+set, 5 seeds; ``smoke`` only checks that everything runs.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   probe_trace_samples=2),
         measure=dict(curvature_examples=256, curvature_batch=128, lanczos_iters=4, trace_samples=2,
                      slope_directions=2, noise_draws=2, sigmas=(0.0,), slices=False),
-        cost_batch=256, cost_repeats=3,
+        cost_batch=256, cost_repeats=3, seeds_b=(),
     ),
     "cpu": dict(
         width=(50,), seed=(0, 1, 2, 3, 4), h=0.02, mu=0.02, rho=(0.01, 0.05, 0.2),
@@ -71,7 +72,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   probe_trace_samples=4),
         measure=dict(curvature_examples=1024, lanczos_iters=12, trace_samples=10,
                      slope_directions=5, noise_draws=2, sigmas=(0.0,), slices=False),
-        cost_batch=512, cost_repeats=15,
+        cost_batch=512, cost_repeats=15, seeds_b=(5, 6, 7, 8, 9),
     ),
     "paper": dict(
         width=(200,), seed=(0, 1, 2, 3, 4), h=0.005, mu=0.025, rho=(0.01, 0.05, 0.2),
@@ -80,7 +81,7 @@ PROFILES: dict[str, dict[str, Any]] = {
                   probe_every=5, probe_examples=2048),
         measure=dict(curvature_examples=10_240, trace_samples=50, noise_draws=2, sigmas=(0.0,),
                      slices=False),
-        cost_batch=512, cost_repeats=11,
+        cost_batch=512, cost_repeats=11, seeds_b=(),
     ),
 }
 BASE = mnist_mlp.BASE
@@ -157,6 +158,11 @@ BASELINE, TWICE = "SGD h", "SGD h, 2× steps"
 #: Gradient evaluations of one step per update rule (a Hessian-vector product by
 #: forward-over-reverse costs about two gradients: :data:`igrlib.experiments.costs.STEP_FORWARDS`).
 GRADIENTS_PER_STEP = {"sgd": 1, "egr:hvp": 3, "egr:finite_difference": 2, "gnp": 2, "sam": 2}
+
+
+def seed_set_b(profile: str | None, seeds_b: Sequence[int] | None, seeds_a: Sequence[int]) -> tuple[int, ...]:
+    """:func:`mnist_mlp.seed_set_b` for this experiment's :data:`PROFILES`."""
+    return mnist_mlp.seed_set_b(profile, seeds_b, seeds_a, PROFILES)
 
 
 def arm_of(run: Mapping[str, Any], h: float, epochs: int) -> str:
@@ -401,16 +407,18 @@ def findings(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
     return stats.finish(rows, threshold)
 
 
-def arms_table(runs: pd.DataFrame, threshold: float, costs: pd.DataFrame | None = None) -> pd.DataFrame:
+def arms_table(runs: pd.DataFrame, threshold: float, costs: pd.DataFrame | None = None,
+               table: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per arm: runs and kept runs, gradients per step and the budget in gradient
     evaluations (relative to SGD h), the measured wall time per step relative to plain SGD
     (``costs``: :func:`cost_table`), mean test accuracy, the paired Δ test images against SGD h
     (mean and 95 % interval), R_IG, λ_max and tr H at the matched training loss E*, mean first-order
-    μ at the checkpoint, and the verdicts of :func:`findings` on accuracy (equal steps, equal
-    gradients) and on R_IG at E*."""
+    μ at the checkpoint, and the verdicts of ``table`` (default :func:`findings` of ``runs``; e.g.
+    :func:`mnist_mlp.with_seed_sets` of two seed sets) on accuracy (equal steps, equal gradients,
+    at E*) and on R_IG at E*."""
     df = tidy(runs, threshold)
     kept, level = matched(runs, threshold)
-    table = findings(runs, threshold)
+    table = findings(runs, threshold) if table is None else table
     images = mnist_mlp.test_images_scale(kept)
     ratio = {} if costs is None else dict(zip(costs["arm"], costs["ratio_to_sgd"]))
 
