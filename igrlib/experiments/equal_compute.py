@@ -198,14 +198,21 @@ def tidy(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
     df["gradients_per_step"] = [GRADIENTS_PER_STEP[k] for k in keys]
     df["gradient_budget"] = df["gradients_per_step"] * df["epochs"] / epochs
     df["grad_norm_full"] = np.sqrt(df["num_params"] * df["r_ig"])
-    mu = np.where(df["method"] == "egr", df["mu"], np.nan)
+    df["mu_first_order"] = first_order_mu(df, df["grad_norm_full"])
+    return df
+
+
+def first_order_mu(df: pd.DataFrame, grad_norm: pd.Series) -> np.ndarray:
+    """The EGR coefficient μ (of ‖∇E‖²) that each row's update rule applies to first order, at
+    gradient norm ``grad_norm`` (:mod:`igrlib.maths.sam_map`): μ for EGR, ρ/2 for unnormalised SAM,
+    ρ/(2‖∇E‖) for normalised SAM, αr/(2‖∇E‖) for the gradient-norm penalty; NaN for SGD."""
+    mu = np.where(df["method"] == "egr", df["mu"] if "mu" in df else np.nan, np.nan)
     if "rho" in df:
         mu = np.where(df["method"] == "sam", np.where(df["ascent"] == "unnormalized", df["rho"] / 2,
-                                                      df["rho"] / (2 * df["grad_norm_full"])), mu)
+                                                      df["rho"] / (2 * grad_norm)), mu)
     if "alpha" in df:
-        mu = np.where(df["method"] == "gnp", df["alpha"] * df["r"] / (2 * df["grad_norm_full"]), mu)
-    df["mu_first_order"] = mu
-    return df
+        mu = np.where(df["method"] == "gnp", df["alpha"] * df["r"] / (2 * grad_norm), mu)
+    return mu
 
 
 def arm_order(df: pd.DataFrame) -> list[str]:
@@ -228,13 +235,7 @@ def probe_frame(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
     extra = [c for c in ("rho", "ascent", "alpha", "r", "mu") if c in df]
     wide = wide.merge(df[cols[:-1] + extra], on="id")
     wide["grad_norm"] = np.sqrt(wide["num_params"] * wide["r_ig"])
-    mu = np.where(wide["method"] == "egr", wide.get("mu", np.nan), np.nan)
-    if "rho" in wide:
-        mu = np.where(wide["method"] == "sam", np.where(wide["ascent"] == "unnormalized", wide["rho"] / 2,
-                                                        wide["rho"] / (2 * wide["grad_norm"])), mu)
-    if "alpha" in wide:
-        mu = np.where(wide["method"] == "gnp", wide["alpha"] * wide["r"] / (2 * wide["grad_norm"]), mu)
-    wide["mu_first_order"] = mu
+    wide["mu_first_order"] = first_order_mu(wide, wide["grad_norm"])
     return wide.sort_values(["id", "step"]).reset_index(drop=True)
 
 
