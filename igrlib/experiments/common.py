@@ -16,6 +16,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import pandas as pd
 
 from igrlib.io import data as data_mod
@@ -189,3 +190,34 @@ class Computations:
             outcomes.append(Outcome("ok", metrics=metrics, history=history,
                                     wall_time_s=time.perf_counter() - began))
         return outcomes
+
+
+def loss_crossing(loss: Sequence[float], level: float) -> tuple[int, float] | None:
+    """Where a run's training loss (nats) first falls to ``level``: ``(i, w)`` with ``i`` the first
+    index with ``loss[i] ≤ level`` and ``w`` the weight of point ``i`` in the interpolation linear
+    in log E between points ``i − 1`` and ``i`` (1 at the first point, after a non-finite loss or
+    between equal losses); None if the loss never gets there. Runs compared at one ``level`` are
+    compared at equal fit (matched training loss)."""
+    loss = np.asarray(loss, float)
+    hit = np.flatnonzero(np.isfinite(loss) & (loss <= level))
+    if not len(hit):
+        return None
+    i = int(hit[0])
+    if i == 0 or not np.isfinite(loss[i - 1]):
+        return i, 1.0
+    lo, hi = np.log(loss[i]), np.log(loss[i - 1])
+    return i, float((hi - np.log(level)) / (hi - lo)) if hi > lo else 1.0
+
+
+def at_crossing(values: Sequence[float] | None, where: tuple[int, float] | None, log: bool = False) -> float:
+    """``values`` read at a :func:`loss_crossing` ``(i, w)``: ``(1 − w)·v[i−1] + w·v[i]``, in log v
+    when ``log`` (quantities that vary over decades); NaN when there is no crossing or no values."""
+    if where is None or values is None:
+        return float("nan")
+    i, w = where
+    v = np.asarray([np.nan if x is None else x for x in values], float)
+    if i == 0 or w == 1.0:
+        return float(v[i])
+    a, b = (np.log(v[i - 1]), np.log(v[i])) if log else (v[i - 1], v[i])
+    out = (1 - w) * a + w * b
+    return float(np.exp(out) if log else out)

@@ -249,18 +249,6 @@ def matched_level(probes: pd.DataFrame) -> float:
     return float(probes.groupby("id")["train_loss"].min().max())
 
 
-def _crossing(loss: np.ndarray, level: float) -> tuple[int, int, float] | None:
-    """``(j, k, w)``: the first index k with ``loss[k] ≤ level``, its predecessor j and the weight
-    w of k in a linear interpolation in log E between them; None if the loss never gets there."""
-    below = np.flatnonzero(loss <= level)
-    if not len(below):
-        return None
-    k = int(below[0])
-    j = max(k - 1, 0)
-    w = 0.0 if k == j else float((np.log(level) - np.log(loss[j])) / (np.log(loss[k]) - np.log(loss[j])))
-    return j, k, w
-
-
 def at_matched_loss(probes: pd.DataFrame, level: float, quantities: Sequence[str] = MATCHED) -> pd.DataFrame:
     """Each run's ``quantities`` where its training loss first falls to ``level`` (nats), by
     linear interpolation in (log E, log q) between the probe evaluations on either side (the
@@ -270,17 +258,13 @@ def at_matched_loss(probes: pd.DataFrame, level: float, quantities: Sequence[str
     rows = []
     for run_id, run in probes.groupby("id", sort=False):
         run = run.sort_values("step")
-        found = _crossing(run["train_loss"].to_numpy(float), level)
-        row = {"id": run_id}
-        if found is None:
-            rows.append({**row, "epoch_at_level": np.nan, **{q: np.nan for q in quantities}})
-            continue
-        j, k, w = found
-        epochs = run["epoch"].to_numpy(float)
-        row["epoch_at_level"] = epochs[j] + w * (epochs[k] - epochs[j])
+        where = common.loss_crossing(run["train_loss"].to_numpy(float), level)
+        row = {"id": run_id, "epoch_at_level": common.at_crossing(run["epoch"].to_numpy(float), where)}
         for q in quantities:
             v = run[q].to_numpy(float)
-            row[q] = float(np.exp(np.log(v[j]) + w * (np.log(v[k]) - np.log(v[j])))) if v[j] > 0 and v[k] > 0 else np.nan
+            # log interpolation needs both points positive; a non-positive one leaves no value
+            around = v[max(where[0] - 1, 0):where[0] + 1] if where is not None else v[:0]
+            row[q] = common.at_crossing(v, where, log=True) if len(around) and (around > 0).all() else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -294,12 +278,8 @@ def accuracy_at_loss(runs: pd.DataFrame, level: float) -> pd.DataFrame:
     rows = []
     for _, run in runs.iterrows():
         h = run["history"]
-        found = _crossing(np.asarray(h["train_loss"], float), level)
-        acc = np.nan
-        if found is not None:
-            j, k, w = found
-            acc = (1 - w) * h["test_acc"][j] + w * h["test_acc"][k]
-        rows.append({"id": run["id"], "test_acc_at_level": acc})
+        where = common.loss_crossing(h["train_loss"], level)
+        rows.append({"id": run["id"], "test_acc_at_level": common.at_crossing(h["test_acc"], where)})
     return pd.DataFrame(rows, columns=["id", "test_acc_at_level"])
 
 

@@ -165,32 +165,6 @@ def tidy(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> pd
     return df
 
 
-def _crossing(loss: Sequence[float], level: float) -> tuple[int, float] | None:
-    """``(i, w)`` with the first ``loss[i] ≤ level`` and the weight ``w`` of point ``i`` in the
-    log-loss interpolation between ``i − 1`` and ``i`` (1 when ``i`` is the first point)."""
-    loss = np.asarray(loss, float)
-    hit = np.flatnonzero(np.isfinite(loss) & (loss <= level))
-    if not len(hit):
-        return None
-    i = int(hit[0])
-    if i == 0 or not np.isfinite(loss[i - 1]):
-        return i, 1.0
-    lo, hi = np.log(loss[i]), np.log(loss[i - 1])
-    return i, float((hi - np.log(level)) / (hi - lo)) if hi > lo else 1.0
-
-
-def _interpolate(values: Sequence[float], where: tuple[int, float] | None, log: bool) -> float:
-    if where is None or values is None:
-        return float("nan")
-    i, w = where
-    v = np.asarray([np.nan if x is None else x for x in values], float)
-    if i == 0 or w == 1.0:
-        return float(v[i])
-    a, b = (np.log(v[i - 1]), np.log(v[i])) if log else (v[i - 1], v[i])
-    out = (1 - w) * a + w * b
-    return float(np.exp(out) if log else out)
-
-
 def matched_level(frame: pd.DataFrame) -> float:
     """The lowest training loss (nats, whole training split) that every run of ``frame``
     reaches at an evaluation and at a probe: the largest per-run minimum of either, so that
@@ -217,15 +191,15 @@ def at_matched_loss(frame: pd.DataFrame, level: float | None = None) -> pd.DataF
     cols: dict[str, list[float]] = {k: [] for k in ("epoch_at_E", "test_acc_at_E", "val_acc_at_E",
                                                     *(f"{p}_at_E" for p in MATCHED_PROBES))}
     for history in frame["history"]:
-        where = _crossing(history["train_loss"], level)
-        cols["epoch_at_E"].append(_interpolate(history["epoch"], where, log=False))
-        cols["test_acc_at_E"].append(_interpolate(history["test_acc"], where, log=False))
-        cols["val_acc_at_E"].append(_interpolate(history.get("val_acc"), where, log=False))
-        where = _crossing(history.get("probe_train_loss", []), level)
+        where = common.loss_crossing(history["train_loss"], level)
+        cols["epoch_at_E"].append(common.at_crossing(history["epoch"], where, log=False))
+        cols["test_acc_at_E"].append(common.at_crossing(history["test_acc"], where, log=False))
+        cols["val_acc_at_E"].append(common.at_crossing(history.get("val_acc"), where, log=False))
+        where = common.loss_crossing(history.get("probe_train_loss", []), level)
         for name in MATCHED_PROBES:
             values = history.get(f"probe_{name}") if where is not None else None
             positive = values is not None and all(v is not None and v > 0 for v in values)
-            cols[f"{name}_at_E"].append(_interpolate(values, where, log=positive))
+            cols[f"{name}_at_E"].append(common.at_crossing(values, where, log=positive))
     for k, v in cols.items():
         out[k] = v
     out["log10_r_ig_at_E"] = np.log10(out["r_ig_at_E"].where(out["r_ig_at_E"] > 0))
