@@ -221,3 +221,12 @@ def at_crossing(values: Sequence[float] | None, where: tuple[int, float] | None,
     a, b = (np.log(v[i - 1]), np.log(v[i])) if log else (v[i - 1], v[i])
     out = (1 - w) * a + w * b
     return float(np.exp(out) if log else out)
+
+
+def paired_differences(frame: pd.DataFrame, x: str, low: Any, high: Any, y: str, scale: float = 1.0) -> list[float]:
+    """Per seed, ``scale·(y(x = high) − y(x = low))``, over the seeds that have both (runs of one
+    seed share initialisation and data order, so the difference is the effect of ``x`` alone)."""
+    cells = frame.pivot_table(index="seed", columns=x, values=y, aggfunc="mean")
+    if low not in cells or high not in cells:
+        return []
+    return (scale * (cells[high] - cells[low])).dropna().tolist()

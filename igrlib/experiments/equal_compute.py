@@ -315,11 +315,7 @@ ACC_MARGIN, R_IG_MARGIN = egr_mlp.ACC_MARGIN, egr_mlp.R_IG_MARGIN
 
 
 def _paired_differences(frame: pd.DataFrame, arm: str, reference: str, column: str, scale: float = 1.0) -> list[float]:
-    pair = _pair(frame, arm, reference)
-    cells = pair.pivot_table(index="seed", columns="arm", values=column)
-    if arm not in cells or reference not in cells:
-        return []
-    return (scale * (cells[arm] - cells[reference])).dropna().tolist()
+    return common.paired_differences(_pair(frame, arm, reference), "arm", reference, arm, column, scale)
 
 
 def accuracy_differences(kept: pd.DataFrame, reference: str) -> pd.DataFrame:

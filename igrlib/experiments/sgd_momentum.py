@@ -223,14 +223,6 @@ def arms(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> di
 ACC_MARGIN = 0.005
 
 
-def _paired(frame: pd.DataFrame, x: str, low: Any, high: Any, y: str, scale: float) -> list[float]:
-    """Per seed, ``scale·(y(x = high) − y(x = low))`` (seeds with both runs only)."""
-    cells = frame.pivot_table(index="seed", columns=x, values=y, aggfunc="mean")
-    if low not in cells or high not in cells:
-        return []
-    return (scale * (cells[high] - cells[low])).dropna().tolist()
-
-
 def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     """The "What we found" table (columns of :func:`igrlib.maths.stats.finding`). Trends are
     within-seed rank trends; accuracy effects are in test images; "at E*" rows read each run at
@@ -264,11 +256,11 @@ def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         small, large = r["batch"].min(), r["batch"].max()
         rows.append(stats.equivalence_finding(
             f"fixed h/B: same test accuracy at B = {small} and B = {large} (at E*)",
-            _paired(r, "batch", small, large, "test_acc_at_E", scale), ACC_MARGIN * scale, "test images",
+            common.paired_differences(r, "batch", small, large, "test_acc_at_E", scale), ACC_MARGIN * scale, "test images",
             f"paired Δ test images (B = {large} − B = {small}) at {level(r)}"))
         rows.append(stats.equivalence_finding(
             f"fixed h/B: same test accuracy at B = {small} and B = {large} (selected checkpoint)",
-            _paired(r, "batch", small, large, "test_acc", scale), ACC_MARGIN * scale, "test images",
+            common.paired_differences(r, "batch", small, large, "test_acc", scale), ACC_MARGIN * scale, "test images",
             f"paired Δ test images (B = {large} − B = {small}), validation-selected"))
     add("fixed h/B: no trend of test accuracy with B (at E*)", r, "batch", "test_acc_at_E", -1,
         f"ρ(B, test acc at {level(r)}); 'no evidence' is the prediction", images(r))
