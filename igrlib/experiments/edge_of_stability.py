@@ -364,11 +364,6 @@ def _egr_path(E: bea.Loss, theta0: jax.Array, h: jax.Array, mu: jax.Array, n: in
     return jnp.concatenate([theta0[None], jax.lax.scan(step, theta0, None, length=n)[1]])
 
 
-def _first_below(losses: np.ndarray, target: float) -> int | None:
-    hit = np.flatnonzero(np.asarray(losses) <= target)
-    return int(hit[0]) if hit.size else None
-
-
 def flatness_study(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, list]]:
     """One seed of the flatness comparison (module docstring): GD at ``h = z/λ_max(θ_start)`` for
     ``n`` steps sets the target loss ``E(θ_n)``; each arm is stopped at the first of its points
@@ -398,7 +393,8 @@ def flatness_study(config: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str,
     history: dict[str, list] = {}
     for name, (path, dt) in arms.items():
         loss = np.asarray(losses_of(jnp.asarray(path)))
-        k = _first_below(loss, target)
+        crossing = common.loss_crossing(loss, target)  # each arm read at its first point at or below E*
+        k = crossing[0] if crossing is not None else None
         metrics[f"time_{name}"] = k * dt * h if k is not None else np.nan
         metrics[f"lambda_{name}"] = bea.sharpness(E, jnp.asarray(path[k])) if k is not None else np.nan
         history[f"loss_{name}"] = loss[:: max(1, int(round(1 / dt)))].tolist()
