@@ -8,6 +8,7 @@ modified loss ``E + (h/4)‖∇E‖²`` is ``e^{−(A + (h/2)A²)t}θ0``, the EG
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pandas as pd
 import pytest
 
 from igrlib.config import ConfigError
@@ -75,12 +76,51 @@ def test_entry_summary_reads_the_first_entry_and_the_plateau():
         eos.entry_summary([0, 1], [1.0])
 
 
-def test_paired_verdict_follows_the_interval():
-    assert eos.paired_verdict("c", [-1.0, -1.2, -0.9, -1.1, -1.05], -1, "u")["verdict"] == "reproduced"
-    assert eos.paired_verdict("c", [1.0, 1.2, 0.9, 1.1, 1.05], -1, "u")["verdict"] == "not reproduced"
-    assert eos.paired_verdict("c", [-1.0, 0.5, -0.9, 0.3, -0.5], -1, "u")["verdict"] == "partly"
-    assert eos.paired_verdict("c", [-1.0, -1.2], -1, "u")["verdict"] == "partly"  # too few seeds
-    assert eos.paired_verdict("c", [], -1, "u")["verdict"] == "no evidence"
+def _flatness_runs(seeds: int) -> pd.DataFrame:
+    """Flatness records with known paired λ_max differences against gradient flow (λ = 10 + s in
+    seed s): GD lower by 1 + 0.1 s in every seed, the modified flow higher by 0.5 in every seed,
+    EGR lower in 3 of 5 seeds; so GD − modified flow = −1.5 − 0.1 s."""
+    s = np.arange(seeds, dtype=float)
+    flow = 10 + s
+    egr_shift = np.array([-0.2, -0.3, 0.1, -0.1, 0.4])[:seeds]
+    lam = {"gd": flow - 1 - 0.1 * s, "modified_flow": flow + 0.5, "egr": flow + egr_shift, "gradient_flow": flow}
+    frame = pd.DataFrame({"study": "flatness", "seed": s, "h": 0.1, "target_loss": 0.2, "gd_h_lambda_peak": 2.1,
+                          "gd_edge_step": 40.0, **{f"lambda_{a}": v for a, v in lam.items()},
+                          **{f"time_{a}": 1.0 for a in eos.ARMS}})
+    return pd.concat([frame, pd.DataFrame({"study": ["flows"], "z": [1.9]})], ignore_index=True)
+
+
+def test_flatness_findings_follow_the_books_paired_rule():
+    """Five seeds: one-sided within-seed permutation p is the sign-test tail, exact in float64
+    (1/32 when every seed goes one way, P(≥ 3 of 5) = 1/2 for 3 of 5), Holm over the four rows."""
+    t = eos.flatness_findings(_flatness_runs(5)).set_index("claim")
+    gd, mf, egr, gd_mf = (t.loc[claim] for _, _, claim in eos.FLATNESS_CLAIMS)
+    assert gd["verdict"] == "reproduced" and gd["p"] == 1 / 32
+    assert "predicted sign in 5 of 5 seeds" in gd["value"]
+    assert gd["effect"].startswith("-1.2 [") and "5 seeds" in gd["effect"]  # mean of −1 − 0.1 s
+    assert mf["verdict"] == "not reproduced" and mf["p"] == 1.0 and "in 0 of 5 seeds" in mf["value"]
+    assert egr["verdict"] == "partly" and egr["p"] == 0.5 and "in 3 of 5 seeds" in egr["value"]
+    assert gd_mf["verdict"] == "reproduced" and gd_mf["p"] == 1 / 32
+    np.testing.assert_array_equal([gd["p_holm"], mf["p_holm"], egr["p_holm"], gd_mf["p_holm"]],
+                                  [4 / 32, 1.0, 1.0, 4 / 32])
+    assert set(t["threshold"]) == {"matched loss"}
+
+
+def test_flatness_findings_never_decide_on_two_seeds():
+    t = eos.flatness_findings(_flatness_runs(2)).set_index("claim")
+    gd, mf = (t.loc[claim, "verdict"] for _, _, claim in eos.FLATNESS_CLAIMS[:2])
+    assert (gd, mf) == ("partly", "no evidence")  # the same effects as above, symmetric, short of 3 seeds
+    assert not {"reproduced", "not reproduced"} & set(t["verdict"])
+
+
+def test_arm_pair_puts_the_arm_at_x_1_within_each_seed():
+    table = eos.flatness_table(_flatness_runs(3))
+    pair = eos.arm_pair(table, "gd", "gradient_flow")
+    assert len(pair) == 6 and set(pair["x"]) == {0.0, 1.0}
+    one = pair[pair["seed"] == 2].set_index("x")["lambda_max"]
+    assert (one[1.0], one[0.0]) == (table.loc[2, "lambda_gd"], table.loc[2, "lambda_gradient_flow"])
+    with pytest.raises(ConfigError, match="arm"):
+        eos.arm_pair(table, "sam", "gradient_flow")
 
 
 def test_grids_validate_before_any_compute():

@@ -472,36 +472,35 @@ def flatness_table(runs: pd.DataFrame) -> pd.DataFrame:
     return df[cols].sort_values("seed").reset_index(drop=True)
 
 
-def paired_verdict(claim: str, differences: Sequence[float], sign: int, unit: str) -> dict[str, Any]:
-    """A findings row for "the paired difference has sign ``sign``", per seed: **reproduced** when
-    at least :data:`igrlib.maths.stats.MIN_SEEDS` pairs' 95 % t-interval excludes 0 on the
-    predicted side, **not reproduced** when it excludes 0 on the other, **partly** when only the
-    mean has the predicted sign, **no evidence** otherwise; ``p`` is the exact sign-flip p-value."""
-    d = np.asarray(differences, float)
-    d = d[np.isfinite(d)]
-    mean, lo, hi = stats.t_interval(d)
-    agree = int(np.sum(np.sign(d) == sign))
-    if len(d) >= stats.MIN_SEEDS and sign * lo > 0 and sign * hi > 0:
-        found = "reproduced"
-    elif len(d) >= stats.MIN_SEEDS and -sign * lo > 0 and -sign * hi > 0:
-        found = "not reproduced"
-    else:
-        found = "partly" if len(d) and sign * mean > 0 else "no evidence"
-    value = (f"{mean:+.3g} {unit}, 95 % [{lo:+.3g}, {hi:+.3g}]; sign as predicted in {agree}/{len(d)} seeds"
-             if len(d) else "no seed pair")
-    return dict(claim=claim, statistic="paired Δ per seed", value=value, p=stats.sign_flip_p(d), verdict=found)
+#: The paired flatness claims: (arm, reference, claim), each predicting λ_max(arm) < λ_max(reference)
+#: at matched training loss in a seed.
+FLATNESS_CLAIMS = (
+    ("gd", "gradient_flow", "GD at h ends flatter than gradient flow"),
+    ("modified_flow", "gradient_flow", "the modified-loss flow (IGR, no instability) ends flatter than gradient flow"),
+    ("egr", "gradient_flow", "EGR at a small rate ends flatter than gradient flow"),
+    ("gd", "modified_flow", "GD at h ends flatter than the modified-loss flow (stability adds to IGR)"),
+)
+
+
+def arm_pair(table: pd.DataFrame, arm: str, reference: str) -> pd.DataFrame:
+    """Two rows per seed of :func:`flatness_table`'s ``table``: ``x`` = 1 for ``arm``, 0 for
+    ``reference``, ``lambda_max`` its λ_max at matched loss (loss units per parameter²), so a
+    within-seed trend of λ_max with x is the sign of the paired difference arm − reference."""
+    for name in (arm, reference):
+        check_choice(name, ARMS, "arm")
+    return pd.concat([pd.DataFrame({"seed": table["seed"], "x": float(x), "lambda_max": table[f"lambda_{name}"]})
+                      for x, name in ((0, reference), (1, arm))], ignore_index=True)
 
 
 def flatness_findings(runs: pd.DataFrame) -> pd.DataFrame:
-    """Which arm ends flatter at matched loss (paired by seed, λ_max in loss/θ²)."""
+    """Which arm ends flatter at matched loss, by the book's rule (:func:`igrlib.maths.stats.finding`
+    on each :data:`FLATNESS_CLAIMS` pair, :func:`arm_pair`): predicted sign of the paired λ_max
+    difference in k of n seeds, the exact within-seed permutation p (with two arms a seed's ρ is
+    ±1, so p is a sign test: 1/32 at best with 5 seeds), Holm over the rows, and the mean paired
+    difference in λ_max with its 95 % t-interval as ``effect``."""
     t = flatness_table(runs)
-    rows = [
-        paired_verdict("GD at h ends flatter than gradient flow", t["lambda_gd"] - t["lambda_gradient_flow"], -1, "λ_max"),
-        paired_verdict("the modified-loss flow (IGR, no instability) ends flatter than gradient flow",
-                       t["lambda_modified_flow"] - t["lambda_gradient_flow"], -1, "λ_max"),
-        paired_verdict("EGR at a small rate ends flatter than gradient flow",
-                       t["lambda_egr"] - t["lambda_gradient_flow"], -1, "λ_max"),
-        paired_verdict("GD at h ends flatter than the modified-loss flow (stability adds to IGR)",
-                       t["lambda_gd"] - t["lambda_modified_flow"], -1, "λ_max"),
-    ]
+    rows = [stats.finding(claim, arm_pair(t, arm, reference), "x", "lambda_max", -1,
+                          f"ρ(arm, λ_max at E*): {ARMS[arm]} (x = 1) vs {ARMS[reference]} (x = 0)",
+                          effect=(1.0, "λ_max"))
+            for arm, reference, claim in FLATNESS_CLAIMS]
     return stats.finish(rows, "matched loss")
