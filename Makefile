@@ -76,6 +76,7 @@ $(MATHJAX):
 
 book: env data mathjax
 	jupyter-book build -W -n --keep-going --toc $(TOC) .
+	$(PY) scripts/check_figures.py $(IGR_PROFILE)
 	@echo "The book is in _build/html/index.html (profile $(IGR_PROFILE))."
 
 # pytest's status 5 (no test collected) is an error like any other, said out loud

@@ -7,6 +7,8 @@ figure's index entry; see tests/test_book.py, which reads the smoke build's inde
 
 from __future__ import annotations
 
+import io
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -171,3 +173,43 @@ def test_table_puts_measured_columns_first_with_readable_headers_and_no_bare_ind
     grouped = DF.groupby(["width", "learning_rate"])[["test_acc"]].mean()
     html = plots.table(grouped).to_html()
     assert html.index("test accuracy") < html.index(">width<") and "0.97" in html
+
+
+def _crowded(variant: str) -> plt.Figure:
+    """Three panels in a row with log axes spanning less than a decade: matplotlib then labels
+    the minor ticks 2, 3, 4, 6 × 10ᵏ, which run into each other at a slide's font size."""
+    fig, axes = figures.subplots(3, variant)
+    for ax in axes:
+        ax.loglog([1.7e-5, 6.2e-5], [2.1e-2, 4.3e-2], "o-")
+        ax.set_title("a panel")
+    return fig
+
+
+def test_colliding_tick_labels_are_blanked_and_nothing_else() -> None:
+    with figures.style("slide"):
+        raw = _crowded("slide")
+    assert figures.layout_report(raw)["overlaps"], "the example must collide before blanking"
+    fig = figures.render(_crowded, "slide", figures.label_text("cpu"))
+    report = figures.layout_report(fig)
+    assert not report["overlaps"], report["overlaps"]
+    for ax in fig.axes:  # every axis still has labelled ticks to read values from
+        for axis in (ax.xaxis, ax.yaxis):
+            low, high = axis.get_view_interval()
+            labels = [t.get_text() for t in axis.get_ticklabels(which="both")
+                      if t.get_text() and low <= t.get_position()[axis is ax.yaxis] <= high]
+            assert len(labels) >= 2, f"an axis was left with fewer than two labelled ticks: {labels}"
+    # a blanked label stays blank when the figure is saved (it is the axis's formatter that blanks)
+    svg = io.BytesIO()
+    fig.savefig(svg, format="svg")
+    assert not figures.layout_report(fig)["overlaps"]
+
+
+def test_blanking_leaves_overlaps_of_other_texts_to_the_report() -> None:
+    def draw(variant):
+        fig, ax = plt.subplots(figsize=(4, 3))
+        ax.text(0.5, 0.5, "first label", transform=ax.transAxes)
+        ax.text(0.52, 0.5, "second label", transform=ax.transAxes)
+        return fig
+
+    fig = figures.render(draw, "paper", "profile: smoke")
+    assert ["first label", "second label"] in figures.layout_report(fig)["overlaps"]

@@ -182,3 +182,25 @@ def test_saving_twice_is_byte_identical(figdir: Path) -> None:
     figures.save(draw, "same", profile="smoke", caption="c")
     second = {p.name: p.read_bytes() for p in (figdir / "smoke").glob("same*")}
     assert first == second and len(first) == 6
+
+
+def test_check_script_fails_on_an_illegible_saved_figure(figdir: Path) -> None:
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import check_figures
+
+    figures.save(draw, "clean", profile="cpu", caption="a legible figure")
+    assert figures.illegible("cpu") == {} and check_figures.main(["cpu"]) == 0
+
+    def crowded(variant: str):
+        fig, (ax,) = figures.subplots(1, variant)
+        ax.text(0.5, 0.5, "first label", transform=ax.transAxes)
+        ax.text(0.51, 0.5, "second label", transform=ax.transAxes)
+        return fig
+
+    figures.save(crowded, "crowded", profile="cpu", caption="two labels at one spot")
+    problems = figures.illegible("cpu")
+    assert set(problems) == {"crowded/paper", "crowded/slide"}
+    assert problems["crowded/slide"]["overlaps"] == [["first label", "second label"]]
+    assert check_figures.main(["cpu"]) == 1
+    assert figures.illegible("smoke") == {}, "profiles are checked apart"

@@ -39,6 +39,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.text import Text
+from matplotlib.ticker import Formatter
 from matplotlib.transforms import Bbox
 
 import igrlib
@@ -179,16 +180,15 @@ def stamp(fig: Figure, text: str, variant: Variant = "paper") -> None:
              gid=LABEL_GID)
 
 
-def drawn_texts(fig: Figure) -> list[tuple[str, float, Bbox]]:
-    """Every non-empty text that drawing ``fig`` actually renders, as ``(text, size in points,
-    window extent in pixels)`` (tick labels outside the view and hidden texts are not drawn)."""
-    seen: list[tuple[str, float, Bbox]] = []
+def _drawn(fig: Figure) -> list[tuple[Text, Bbox]]:
+    """Every non-empty, visible text that drawing ``fig`` renders, with its window extent."""
+    seen: list[tuple[Text, Bbox]] = []
     original = Text.draw
 
     def recording(self: Text, renderer: Any) -> None:
         original(self, renderer)
         if self.get_visible() and self.get_text().strip() and renderer is not None:
-            seen.append((self.get_text(), self.get_fontsize(), self.get_window_extent(renderer)))
+            seen.append((self, self.get_window_extent(renderer)))
 
     Text.draw = recording
     try:
@@ -196,6 +196,95 @@ def drawn_texts(fig: Figure) -> list[tuple[str, float, Bbox]]:
     finally:
         Text.draw = original
     return seen
+
+
+def drawn_texts(fig: Figure) -> list[tuple[str, float, Bbox]]:
+    """Every non-empty text that drawing ``fig`` actually renders, as ``(text, size in points,
+    window extent in pixels)`` (tick labels outside the view and hidden texts are not drawn)."""
+    return [(t.get_text(), t.get_fontsize(), box) for t, box in _drawn(fig)]
+
+
+def _overlap(a: Bbox, b: Bbox, tolerance_px: float) -> bool:
+    """Whether two boxes intersect by more than ``tolerance_px`` pixels both ways."""
+    dx = min(a.x1, b.x1) - max(a.x0, b.x0)
+    dy = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return dx > tolerance_px and dy > tolerance_px
+
+
+class _HideLabels(Formatter):
+    """``inner``'s tick labels, except an empty label at the tick values in ``hidden``."""
+
+    def __init__(self, inner: Formatter, hidden: set[float]):
+        self.inner, self.hidden = inner, hidden
+
+    def _hides(self, x: float) -> bool:
+        return any(np.isclose(x, h, rtol=1e-9, atol=0.0) for h in self.hidden)
+
+    def set_locs(self, locs: Any) -> None:
+        self.inner.set_locs(locs)
+
+    def format_ticks(self, values: Any) -> list[str]:
+        labels = self.inner.format_ticks(values)
+        return ["" if self._hides(v) else s for v, s in zip(values, labels)]
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return "" if self._hides(x) else self.inner(x, pos)
+
+    def get_offset(self) -> str:
+        return self.inner.get_offset()
+
+    def format_data_short(self, value: float) -> str:
+        return self.inner.format_data_short(value)
+
+
+def _tick_labels(fig: Figure) -> dict[int, tuple[Any, str, float]]:
+    """``id(label artist) -> (axis, "major"/"minor", tick value)`` for every tick label of ``fig``."""
+    out = {}
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            for which, ticks in (("major", axis.get_major_ticks()), ("minor", axis.get_minor_ticks())):
+                for tick in ticks:
+                    for label in (tick.label1, tick.label2):
+                        out[id(label)] = axis, which, tick.get_loc()
+    return out
+
+
+def hide_colliding_tick_labels(fig: Figure, tolerance_px: float = 1.0, rounds: int = 3) -> list[str]:
+    """Blank the tick labels that would be drawn over another text; return the blanked labels.
+
+    Greedy, in the order a reader needs them: every text that is not a tick label (titles, axis
+    labels, legends, the profile label) is kept; then major tick labels, then minor ones, each
+    kept only if it meets no text kept before it. A blanked label keeps its tick mark, and is
+    blanked through the axis's formatter (:class:`_HideLabels`), so it stays blank when the
+    figure is saved. Because blanking can change a constrained layout, this repeats up to
+    ``rounds`` times. Overlaps between texts that are not tick labels are left for
+    :func:`layout_report` to report: those are a chapter's to fix.
+    """
+    blanked: list[str] = []
+    for _ in range(rounds):
+        ticks = _tick_labels(fig)
+        drawn = _drawn(fig)
+        kept = [box for text, box in drawn if id(text) not in ticks]
+        order = sorted((t for t in drawn if id(t[0]) in ticks), key=lambda t: ticks[id(t[0])][1] != "major")
+        hide: dict[tuple[int, str], tuple[Any, str, set[float]]] = {}
+        for text, box in order:
+            if any(_overlap(box, other, tolerance_px) for other in kept):
+                axis, which, value = ticks[id(text)]
+                hide.setdefault((id(axis), which), (axis, which, set()))[2].add(value)
+                blanked.append(text.get_text())
+            else:
+                kept.append(box)
+        if not hide:
+            break
+        for axis, which, values in hide.values():
+            ticker = axis.major if which == "major" else axis.minor
+            current = ticker.formatter
+            if isinstance(current, _HideLabels):
+                current.hidden |= values
+            else:
+                setter = axis.set_major_formatter if which == "major" else axis.set_minor_formatter
+                setter(_HideLabels(current, values))
+    return blanked
 
 
 def layout_report(fig: Figure, tolerance_px: float = 1.0, edges: bool = True) -> dict[str, Any]:
@@ -210,11 +299,7 @@ def layout_report(fig: Figure, tolerance_px: float = 1.0, edges: bool = True) ->
         if edges and (box_a.x0 < -tolerance_px or box_a.y0 < -tolerance_px
                       or box_a.x1 > width + tolerance_px or box_a.y1 > height + tolerance_px):
             outside.append(a)
-        for b, _, box_b in texts[i + 1:]:
-            dx = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
-            dy = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
-            if dx > tolerance_px and dy > tolerance_px:
-                overlaps.append([a, b])
+        overlaps += [[a, b] for b, _, box_b in texts[i + 1:] if _overlap(box_a, box_b, tolerance_px)]
     return {"overlaps": overlaps, "outside": outside,
             "min_font_pt": min((size for _, size, _ in texts), default=None)}
 
@@ -263,6 +348,23 @@ def read_index(profile: str) -> dict[str, dict[str, Any]]:
     if not file.exists():
         return {}
     return json.loads(file.read_text())
+
+
+def illegible(profile: str) -> dict[str, dict[str, Any]]:
+    """The saved figures of ``profile`` a reader would trip over, as ``{"<id>/<variant>": what}``:
+    texts drawn over each other (``overlaps``), texts cut by a slide's edge (``outside``) and a
+    slide whose smallest text is below :data:`SLIDE_MIN_PT` (``min_font_pt``); ``{}`` if none.
+    Read from the index (:func:`read_index`), so it checks exactly what the gallery offers."""
+    problems = {}
+    for fig_id, entry in read_index(profile).items():
+        for variant, saved in entry["variants"].items():
+            layout = saved["layout"]
+            bad = {k: layout[k] for k in ("overlaps", "outside") if layout[k]}
+            if variant == "slide" and (layout["min_font_pt"] or 0) < SLIDE_MIN_PT:
+                bad["min_font_pt"] = layout["min_font_pt"]
+            if bad:
+                problems[f"{fig_id}/{variant}"] = bad
+    return problems
 
 
 def runs_summary(runs: Any) -> dict[str, Any] | None:
@@ -318,12 +420,16 @@ def _drawn_provenance() -> dict[str, Any]:
 
 
 def render(draw: Callable[[str], Figure], variant: Variant, text: str) -> Figure:
-    """Call ``draw(variant)`` under the variant's style and stamp the label ``text`` on it."""
+    """Call ``draw(variant)`` under the variant's style, stamp the label ``text`` on it and blank
+    the tick labels that would collide with another text (:func:`hide_colliding_tick_labels`:
+    on a short log axis or a slide's larger fonts, automatic tick labels can run into each other
+    at one profile's data range and not at another's)."""
     with style(variant):
         fig = draw(variant)
         if not isinstance(fig, Figure):
             raise ConfigError(f"draw({variant!r}) must return a matplotlib Figure, got {type(fig)}")
         stamp(fig, text, variant)
+        hide_colliding_tick_labels(fig)
     return fig
 
 
