@@ -198,12 +198,6 @@ def _drawn(fig: Figure) -> list[tuple[Text, Bbox]]:
     return seen
 
 
-def drawn_texts(fig: Figure) -> list[tuple[str, float, Bbox]]:
-    """Every non-empty text that drawing ``fig`` actually renders, as ``(text, size in points,
-    window extent in pixels)`` (tick labels outside the view and hidden texts are not drawn)."""
-    return [(t.get_text(), t.get_fontsize(), box) for t, box in _drawn(fig)]
-
-
 def _overlap(a: Bbox, b: Bbox, tolerance_px: float) -> bool:
     """Whether two boxes intersect by more than ``tolerance_px`` pixels both ways."""
     dx = min(a.x1, b.x1) - max(a.x0, b.x0)
@@ -260,6 +254,12 @@ def hide_colliding_tick_labels(fig: Figure, tolerance_px: float = 1.0, rounds: i
     ``rounds`` times. Overlaps between texts that are not tick labels are left for
     :func:`layout_report` to report: those are a chapter's to fix.
     """
+    return _settle(fig, tolerance_px, rounds)[0]
+
+
+def _settle(fig: Figure, tolerance_px: float = 1.0, rounds: int = 3) -> tuple[list[str], list[tuple[Text, Bbox]]]:
+    """:func:`hide_colliding_tick_labels`, also returning the texts of the last drawing (valid
+    for the figure as it is left, unless the last round still blanked labels)."""
     blanked: list[str] = []
     for _ in range(rounds):
         ticks = _tick_labels(fig)
@@ -275,7 +275,7 @@ def hide_colliding_tick_labels(fig: Figure, tolerance_px: float = 1.0, rounds: i
             else:
                 kept.append(box)
         if not hide:
-            break
+            return blanked, drawn
         for axis, which, values in hide.values():
             ticker = axis.major if which == "major" else axis.minor
             current = ticker.formatter
@@ -284,7 +284,7 @@ def hide_colliding_tick_labels(fig: Figure, tolerance_px: float = 1.0, rounds: i
             else:
                 setter = axis.set_major_formatter if which == "major" else axis.set_minor_formatter
                 setter(_HideLabels(current, values))
-    return blanked
+    return blanked, _drawn(fig)
 
 
 def layout_report(fig: Figure, tolerance_px: float = 1.0, edges: bool = True) -> dict[str, Any]:
@@ -292,7 +292,11 @@ def layout_report(fig: Figure, tolerance_px: float = 1.0, edges: bool = True) ->
     more than ``tolerance_px`` pixels both ways), ``outside`` (texts cut by the canvas edge; not
     checked when ``edges`` is False, for a figure saved with a tight bounding box that grows to
     hold them) and ``min_font_pt`` (the smallest drawn text, in points)."""
-    texts = drawn_texts(fig)
+    return _report(fig, _drawn(fig), tolerance_px, edges)
+
+
+def _report(fig: Figure, drawn: list[tuple[Text, Bbox]], tolerance_px: float, edges: bool) -> dict[str, Any]:
+    texts = [(t.get_text(), t.get_fontsize(), box) for t, box in drawn]
     width, height = fig.canvas.get_width_height()
     overlaps, outside = [], []
     for i, (a, _, box_a) in enumerate(texts):
@@ -424,13 +428,19 @@ def render(draw: Callable[[str], Figure], variant: Variant, text: str) -> Figure
     the tick labels that would collide with another text (:func:`hide_colliding_tick_labels`:
     on a short log axis or a slide's larger fonts, automatic tick labels can run into each other
     at one profile's data range and not at another's)."""
+    return _render(draw, variant, text)[0]
+
+
+def _render(draw: Callable[[str], Figure], variant: Variant, text: str) -> tuple[Figure, list[tuple[Text, Bbox]]]:
+    """:func:`render`, also returning the texts its last drawing rendered (one drawing fewer for
+    :func:`save`, which measures the layout)."""
     with style(variant):
         fig = draw(variant)
         if not isinstance(fig, Figure):
             raise ConfigError(f"draw({variant!r}) must return a matplotlib Figure, got {type(fig)}")
         stamp(fig, text, variant)
-        hide_colliding_tick_labels(fig)
-    return fig
+        drawn = _settle(fig)[1]
+    return fig, drawn
 
 
 def _show_in_notebook(fig: Figure) -> None:
@@ -473,8 +483,8 @@ def save(draw: Callable[[str], Figure], fig_id: str, *, profile: str, caption: s
     label = label_text(profile, dataset)
     rendered: dict[str, tuple[Figure, bytes, dict[str, Any]]] = {}
     for variant in VARIANTS:
-        fig = render(draw, variant, label)
-        report = layout_report(fig, edges=variant == "slide")
+        fig, drawn = _render(draw, variant, label)
+        report = _report(fig, drawn, 1.0, edges=variant == "slide")
         svg = io.BytesIO()
         _savefig(fig, svg, "svg", variant, fig_id)
         rendered[variant] = fig, svg.getvalue(), report
