@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Fail (exit 1) if a saved figure of a profile is illegible: texts drawn over each other, cut
-by a slide's edge, or a slide font below the projection size (``igrlib.io.figures.illegible``).
+by a slide's edge, or a font below 18 pt on a slide or 8 pt on paper (``igrlib.io.figures.illegible``).
 
     scripts/check_figures.py cpu        # make book runs it for the profile it built
 

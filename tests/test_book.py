@@ -217,7 +217,7 @@ def test_gallery_shows_every_saved_figure_in_both_variants(smoke_book: Path) -> 
 
 def test_every_saved_figure_is_legible(smoke_book: Path) -> None:
     """Every chapter's figure, as saved from the smoke run: no text over another text, a 16:9
-    slide with projection-size fonts and nothing cut at its edge."""
+    slide with projection-size fonts and nothing cut at its edge, no paper text below 8 pt."""
     assert figures.read_index("smoke"), "no figure was saved"
     problems = figures.illegible("smoke")
     assert not problems, problems

@@ -88,7 +88,7 @@ def test_plot_is_legible_in_both_variants(name: str, variant: str) -> None:
         assert report["min_font_pt"] >= figures.SLIDE_MIN_PT
     else:
         assert width <= figures.PAPER_MAX_WIDTH_IN
-        assert report["min_font_pt"] >= 8
+        assert report["min_font_pt"] >= figures.PAPER_MIN_PT
 
 
 def test_overlap_check_catches_overlapping_text() -> None:

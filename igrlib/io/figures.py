@@ -55,6 +55,8 @@ INDEX_NAME = "index.json"
 SLIDE_SIZE_IN = (13.333, 7.5)
 #: Smallest font on a slide, in points at :data:`SLIDE_SIZE_IN` (legible when projected).
 SLIDE_MIN_PT = 18.0
+#: Smallest font on a paper figure, in points (the book shows it at about its own size).
+PAPER_MIN_PT = 8.0
 #: Widest paper figure, in inches: wider ones shrink below legibility in the book's text column.
 PAPER_MAX_WIDTH_IN = 10.0
 #: Fraction of a slide's height kept free at the bottom for the profile label.
@@ -357,14 +359,15 @@ def read_index(profile: str) -> dict[str, dict[str, Any]]:
 def illegible(profile: str) -> dict[str, dict[str, Any]]:
     """The saved figures of ``profile`` a reader would trip over, as ``{"<id>/<variant>": what}``:
     texts drawn over each other (``overlaps``), texts cut by a slide's edge (``outside``) and a
-    slide whose smallest text is below :data:`SLIDE_MIN_PT` (``min_font_pt``); ``{}`` if none.
+    figure whose smallest text is below :data:`SLIDE_MIN_PT` on a slide or :data:`PAPER_MIN_PT`
+    on paper (``min_font_pt``); ``{}`` if none.
     Read from the index (:func:`read_index`), so it checks exactly what the gallery offers."""
     problems = {}
     for fig_id, entry in read_index(profile).items():
         for variant, saved in entry["variants"].items():
             layout = saved["layout"]
             bad = {k: layout[k] for k in ("overlaps", "outside") if layout[k]}
-            if variant == "slide" and (layout["min_font_pt"] or 0) < SLIDE_MIN_PT:
+            if (layout["min_font_pt"] or 0) < (SLIDE_MIN_PT if variant == "slide" else PAPER_MIN_PT):
                 bad["min_font_pt"] = layout["min_font_pt"]
             if bad:
                 problems[f"{fig_id}/{variant}"] = bad
