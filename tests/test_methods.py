@@ -13,7 +13,7 @@ from jax.flatten_util import ravel_pytree
 
 from igrlib.config import ConfigError
 from igrlib.maths import losses
-from igrlib.training import methods
+from igrlib.training import methods, micro
 
 STEPS = 4
 LR = 0.3
@@ -162,6 +162,95 @@ def test_adam_textbook():
 
 
 # --------------------------------------------------------------------------------------------
+# The explicit SGD variance penalty (micro-batches of the step's batch)
+
+
+def _logistic_batch(n=14):
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.standard_normal((n, 3)))
+    y = jnp.asarray(rng.integers(0, 2, n) * 2.0 - 1.0)
+    params = {"w": jnp.asarray([0.3, -0.2, 0.5]), "b": jnp.asarray(0.1)}
+
+    def loss_on(p, xb, yb):
+        return jnp.mean(jax.nn.softplus(-yb * (xb @ p["w"] + p["b"])))
+
+    return x, y, params, loss_on
+
+
+def _run_on_batch(method, lr, hp, params, loss_on, batch, steps=STEPS):
+    """``steps`` updates of ``method`` with the program's extra arguments on one fixed batch."""
+    tx = method.transform(lr, **hp)
+    args = methods.update_args(loss_on, batch)
+    state = tx.init(params)
+    for _ in range(steps):
+        updates, state = tx.update(args["grad_fn"](params), state, params, **args)
+        params = optax.apply_updates(params, updates)
+    return ravel_pytree(params)[0]
+
+
+def test_var_penalty_matches_an_explicit_loop_over_micro_batches():
+    """Reference: step t permutes the batch with the rule's key for t, keeps K = ⌊14/4⌋ = 3
+    micro-batches (2 examples left out), and ∇P = (2/K) Σ_k H_k (g_k − ḡ) from dense per-micro-batch
+    Hessians (Σ_k (g_k − ḡ) = 0 removes the mean Hessian): no vmap, no double backprop."""
+    x, y, params, loss_on = _logistic_batch()
+    flat0, unravel = ravel_pytree(params)
+    lam, b = 0.7, 4
+    theta = flat0
+    for t in range(STEPS):
+        order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.key(micro.PARTITION_SEED), t), 14))
+        parts = [order[k * b:(k + 1) * b] for k in range(14 // b)]
+        flat = lambda th, idx: loss_on(unravel(th), x[idx], y[idx])  # noqa: E731
+        gs = [jax.grad(flat)(theta, idx) for idx in parts]
+        hs = [jax.hessian(flat)(theta, idx) for idx in parts]
+        mean = sum(gs) / len(gs)
+        grad_p = 2 / len(gs) * sum(h @ (g - mean) for h, g in zip(hs, gs))
+        theta = theta - LR * (jax.grad(flat)(theta, np.arange(14)) + lam / 4 * grad_p)
+    got = _run_on_batch(methods.get("var_penalty"), LR, {"lam": lam, "micro_batch": b}, params, loss_on, (x, y))
+    np.testing.assert_allclose(got, theta, rtol=1e-10, atol=1e-12)
+    assert np.linalg.norm(got - _run_on_batch(methods.get("gd"), LR, {}, params, loss_on, (x, y))) > 1e-4
+
+
+def test_var_penalty_at_lambda_zero_is_gradient_descent():
+    x, y, params, loss_on = _logistic_batch()
+    plain = _run_on_batch(methods.get("gd"), LR, {}, params, loss_on, (x, y))
+    zero = _run_on_batch(methods.get("var_penalty"), LR, {"lam": 0.0, "micro_batch": 4}, params, loss_on, (x, y))
+    np.testing.assert_array_equal(zero, plain)
+
+
+def test_var_penalty_variance_is_the_mean_squared_deviation():
+    x, y, params, loss_on = _logistic_batch(12)
+    xs, ys = x.reshape(3, 4, 3), y.reshape(3, 4)
+    gs = np.stack([ravel_pytree(jax.grad(loss_on)(params, xs[k], ys[k]))[0] for k in range(3)])
+    expected = np.mean(np.sum((gs - gs.mean(axis=0)) ** 2, axis=1))
+    np.testing.assert_allclose(micro.variance(loss_on, params, xs, ys), expected, rtol=1e-13)
+
+
+@pytest.mark.parametrize("given,match", [
+    ({"micro_batch": "32"}, "micro_batch"),
+    ({"micro_batch": True}, "micro_batch"),
+    ({"micro_batch": 32.0}, "micro_batch"),
+    ({"micro_batch": 33}, "micro_batch"),
+    ({"lam": -0.1}, r"\[0, inf\)"),
+    ({"lam": "0.1"}, "must be a number"),
+])
+def test_var_penalty_bad_options_are_config_errors(given, match):
+    with pytest.raises(ConfigError, match=match):
+        methods.get("var_penalty").hyperparams(given)
+
+
+def test_var_penalty_integer_options_and_batch_check():
+    method = methods.get("var_penalty")
+    hp = method.hyperparams({"micro_batch": np.int64(16)})
+    assert hp == {"lam": 0.1, "micro_batch": 16} and type(hp["micro_batch"]) is int
+    method.check_batch(32, {"micro_batch": 16})  # two micro-batches: enough
+    with pytest.raises(ConfigError, match="at least 64"):
+        method.check_batch(63, {"micro_batch": 32})
+    with pytest.raises(ConfigError, match="strings or integers"):
+        methods.Method(name="x", rule="x", defaults={}, vmappable=("learning_rate",),
+                       options={"size": (4, "8")}, batch="any", build=lambda learning_rate, size: None)
+
+
+# --------------------------------------------------------------------------------------------
 # Per-run hyperparameters live in the state: one vmapped program equals separate runs
 
 #: Values for the transform that performs every update: far from both runs' values, so any use
@@ -214,7 +303,8 @@ def test_vmapped_runs_equal_separate_runs(name, options):
 
 
 def test_registry_declares_every_rule():
-    assert set(methods.METHODS) == {"sgd", "gd", "momentum", "nesterov", "egr", "sam", "gnp", "adam"}
+    assert set(methods.METHODS) == {"sgd", "gd", "momentum", "nesterov", "egr", "sam", "gnp", "adam",
+                                    "var_penalty"}
     assert methods.get("sgd").batch == "mini" and methods.get("gd").batch == "full"
     for method in methods.METHODS.values():
         assert method.rule and "learning_rate" in method.vmappable

@@ -92,6 +92,9 @@ def alone(small):
     ({"n_train": 0}, "n_train"),
     ({"width_multiplier": 0.0}, "width_multiplier"),
     ({"width_multiplier": "1/4"}, "width_multiplier"),
+    ({"method": "var_penalty", "batch_size": 100, "hparams": {"micro_batch": 64}}, "at least 128"),
+    ({"method": "var_penalty", "batch_size": None, "n_train": 50}, "at least 64"),
+    ({"method": "var_penalty", "hparams": {"micro_batch": "32"}}, "micro_batch"),
 ])
 def test_bad_config_values_are_config_errors(changes, match):
     with pytest.raises(ConfigError, match=match):
@@ -263,6 +266,26 @@ def test_full_batch_gd_takes_one_step_per_epoch(small):
     losses_ = run.history["train_loss"]
     # full-batch GD at a small rate decreases the training loss monotonically
     assert all(b < a for a, b in zip(losses_, losses_[1:])), losses_
+
+
+def test_var_penalty_full_batch_checks_the_training_set_size_in_the_program():
+    cfg = config(method="var_penalty", batch_size=None, hparams={"micro_batch": 128})  # n_train None
+    with pytest.raises(ConfigError, match="at least 256"):
+        program.Program(cfg.program_key(), n_train=200, batched=False)
+
+
+def test_var_penalty_runs_with_different_lambda_share_one_program(small):
+    """Full-batch GD plus the variance penalty at λ = 0 and λ = 0.1 in one vmapped group: λ = 0
+    is full-batch GD (to float32 rounding of the batched program), λ = 0.1 moves the trajectory."""
+    runs = [config(method="var_penalty", batch_size=None, learning_rate=SANE_LR, epochs=4,
+                   hparams={"lam": lam, "micro_batch": 32}) for lam in (0.0, 0.1)]
+    assert runs[0].group_key() == runs[1].group_key()
+    zero, penalised = program.train_group(runs, small, progress=False)
+    gd = program.train(config(method="gd", batch_size=None, learning_rate=SANE_LR, epochs=4), small,
+                       progress=False)
+    assert zero.status == penalised.status == "ok"
+    np.testing.assert_allclose(zero.history["train_loss"], gd.history["train_loss"], rtol=1e-5)
+    assert abs(penalised.history["train_loss"][-1] - zero.history["train_loss"][-1]) > 1e-5
 
 
 @pytest.mark.slow

@@ -485,9 +485,9 @@ def _time_rules(config: Mapping[str, Any]) -> dict[str, float]:
         tx = methods.get(arm["method"]).transform(arm["learning_rate"], **hp)
 
         def step(p, o, tx=tx):
-            value_fn = lambda q: loss(q, state, x, y)[0]  # noqa: E731
-            value, grads = jax.value_and_grad(value_fn)(p)
-            updates, o = tx.update(grads, o, p, value_fn=value_fn, grad_fn=jax.grad(value_fn))
+            args = methods.update_args(lambda q, xb, yb: loss(q, state, xb, yb)[0], (x, y))
+            value, grads = jax.value_and_grad(args["value_fn"])(p)
+            updates, o = tx.update(grads, o, p, **args)
             return optax.apply_updates(p, updates), o, value
 
         steps[label], opts[label] = jax.jit(step), tx.init(params)

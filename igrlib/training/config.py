@@ -96,6 +96,8 @@ class TrainConfig:
         object.__setattr__(self, "thresholds", thresholds)
         check_int(self.patience, "patience", 0, optional=True)
         check_int(self.n_train, "n_train", 1, optional=True)
+        if (self.batch_size or self.n_train) is not None:  # full batch with n_train None: the program checks
+            rule.check_batch(self.batch_size or self.n_train, self.hparams)
         check_int(self.n_test, "n_test", 1, optional=True)
         check_int(self.n_val, "n_val", 0)
         check_int(self.seed, "seed", 0)

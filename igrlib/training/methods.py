@@ -6,10 +6,18 @@ and builds the optax transform that performs it. Units: the learning rate h is i
 per loss-gradient unit; E is the mean loss of the batch the program passes (a mini-batch for
 ``batch="mini"``, the whole training set for ``batch="full"``).
 
-How the training program calls a transform. ``tx.update(grads, state, params, value_fn=...,
-grad_fn=...)`` with ``grads = ∇E(θ)``, ``value_fn(p) = E(p)`` and ``grad_fn(p) = ∇E(p)`` on the
-SAME batch (training mode, batch-norm state fixed at its current value). Plain rules ignore the
-extra arguments; EGR reads ``value_fn``; SAM and the gradient-norm penalty read ``grad_fn``. Any
+How the training program calls a transform. ``tx.update(grads, state, params,
+**update_args(loss_on, batch))`` (:func:`update_args`), that is with the extra arguments
+
+* ``value_fn(p) = E(p)`` and ``grad_fn(p) = ∇E(p)``, the mean loss of the step's batch and its
+  gradient, with ``grads = ∇E(θ)``;
+* ``loss_on(p, x, y)``: the mean loss of p on any examples (x, y), and ``batch = (x_B, y_B)``,
+  the step's batch itself: the interface of a rule that works on parts of the batch (micro-batch
+  rules such as ``var_penalty``, :mod:`igrlib.training.micro`);
+
+all in training mode with the batch-norm state fixed at its current value. Plain rules ignore the
+extra arguments (optax's extra-arguments convention); EGR reads ``value_fn``; SAM and the
+gradient-norm penalty read ``grad_fn``; ``var_penalty`` reads ``loss_on`` and ``batch``. Any
 batch-norm state update from the extra passes is discarded by construction (the functions return
 gradients or values only), so the running statistics move once per step, from the program's own
 pass at θ.
@@ -19,11 +27,16 @@ live in the optimizer STATE, not in the closure. The program initialises one sta
 under ``jax.vmap`` with per-run values, builds ONE transform with placeholder values, and its
 ``update`` reads the real values from each run's state; so every numeric hyperparameter is
 vmappable (:attr:`Method.vmappable`), and runs differing only in those share one compiled
-program. Options (strings) change the traced computation and must be equal within a program.
+program. Options (strings, or integers such as a micro-batch size) change the traced computation
+and must be equal within a program.
 
 Stability. :meth:`Method.stability` returns the dimensionless quantity s(h, λ) whose value 2 is
 the linear-stability edge of the rule on the quadratic E = λθ²/2 (λ the top Hessian eigenvalue);
 each rule's derivation is in the docstring of its ``_edge_*`` function.
+
+Batch sizes. :meth:`Method.check_batch` raises a ConfigError for a batch the rule cannot use (a
+micro-batch rule needs at least two micro-batches); the config checks it where it knows the batch
+size and the program where it knows the training-set size (full batch).
 
 Adding a rule: one small factory ``(learning_rate, **numbers, **options) -> optax transform``, one
 entry in :data:`METHODS`, and a reference test against its textbook recursion.
@@ -45,6 +58,7 @@ import optax
 from igrlib.config import ConfigError
 from igrlib.maths import losses
 from igrlib.training.egr import egr_transform
+from igrlib.training.micro import variance_penalty
 
 Params = Any
 BATCHES = ("mini", "full", "any")
@@ -70,12 +84,27 @@ POSITIVE = Range(0.0, low_open=True)
 NONNEGATIVE = Range(0.0)
 UNIT = Range(0.0, 1.0)  # [0, 1): momentum and moment decay rates
 LEARNING_RATE = POSITIVE
+#: Micro-batch sizes b of ``var_penalty`` (the first is the default: the SGD batch it stands for).
+MICRO_BATCHES = (32, 4, 8, 16, 64, 128)
 
 
 def _is_traced(value: Any) -> bool:
     """A JAX or numpy array (e.g. a per-run value under ``jax.vmap``): accepted unchecked, since
     a traced value cannot be inspected."""
     return isinstance(value, (jax.Array, np.ndarray))
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _option(method: str, name: str, value: Any, allowed: tuple) -> Any:
+    """``value`` if it is one of ``allowed`` and of their kind (strings, or integers that are not
+    bools): nothing is coerced, so ``"32"`` is not the micro-batch size 32, nor ``True`` the 1."""
+    kind_ok = _is_int(value) if _is_int(allowed[0]) else isinstance(value, str)
+    if not kind_ok or value not in allowed:
+        raise ConfigError(f"{name} of method {method!r} must be one of {list(allowed)}, got {value!r}")
+    return int(value) if _is_int(value) else value
 
 
 def _number(name: str, value: Any, allowed: Range) -> float:
@@ -92,7 +121,8 @@ class Method:
     """One update rule: its registry name, formula, hyperparameters and optax transform.
 
     ``defaults`` are the numeric hyperparameters other than ``learning_rate`` (with ``ranges``
-    their allowed intervals); ``options`` the static choices, first value the default;
+    their allowed intervals); ``options`` the static choices (all strings, or all integers),
+    first value the default;
     ``vmappable`` the numeric hyperparameters (with ``learning_rate``) that may differ between
     runs of one compiled program; ``batch`` which batch the rule takes (``"mini"``, ``"full"``
     or ``"any"``). ``build(learning_rate, **numbers, **options)`` returns the inner transform
@@ -111,6 +141,9 @@ class Method:
     edge: Callable[..., Any] | None = field(default=None, repr=False, compare=False)
     #: Requirements between hyperparameters: ``check(hyperparams)`` raises a ConfigError.
     check: Callable[[Mapping[str, Any]], None] | None = field(default=None, repr=False, compare=False)
+    #: Requirement on the batch: ``batch_check(batch_size, hyperparams)`` raises a ConfigError.
+    batch_check: Callable[[int, Mapping[str, Any]], None] | None = field(default=None, repr=False,
+                                                                         compare=False)
 
     def __post_init__(self) -> None:
         if self.batch not in BATCHES:
@@ -122,6 +155,10 @@ class Method:
             raise ConfigError(f"method {self.name}: vmappable names must be numeric hyperparameters")
         if set(self.options) & numeric or any(not values for values in self.options.values()):
             raise ConfigError(f"method {self.name}: options must be non-empty and not numeric")
+        for name, values in self.options.items():
+            if not (all(isinstance(v, str) for v in values) or all(_is_int(v) for v in values)):
+                raise ConfigError(f"method {self.name}: option {name} must list strings or integers, "
+                                  f"got {values!r}")
 
     def __hash__(self) -> int:  # the mappings are unhashable; the name identifies the rule
         return hash(self.name)
@@ -145,11 +182,7 @@ class Method:
             out[name] = value if allow_arrays and _is_traced(value) else _number(
                 name, value, self.ranges[name])
         for name, allowed in self.options.items():
-            value = given.get(name, allowed[0])
-            if not isinstance(value, str) or value not in allowed:
-                raise ConfigError(f"{name} of method {self.name!r} must be one of "
-                                  f"{list(allowed)}, got {value!r}")
-            out[name] = value
+            out[name] = _option(self.name, name, given.get(name, allowed[0]), allowed)
         if self.check is not None:
             self.check(out)
         return out
@@ -161,6 +194,12 @@ class Method:
         outside their allowed values raise :class:`ConfigError` (nothing is coerced).
         """
         return self._complete(given, allow_arrays=False)
+
+    def check_batch(self, batch_size: int, hyperparams: Mapping[str, Any]) -> None:
+        """Raise :class:`ConfigError` if the rule cannot take batches of ``batch_size`` examples
+        with ``hyperparams`` (validated first)."""
+        if self.batch_check is not None:
+            self.batch_check(batch_size, self.hyperparams(hyperparams))
 
     def transform(self, learning_rate: Any, **hyperparams: Any) -> optax.GradientTransformationExtraArgs:
         """The optax transform of this rule at ``learning_rate`` h and ``hyperparams``.
@@ -328,6 +367,32 @@ def _gnp(learning_rate: Any, alpha: Any, r: Any) -> optax.GradientTransformation
     return optax.GradientTransformationExtraArgs(sgd.init, update)
 
 
+def _var_penalty(learning_rate: Any, lam: Any, micro_batch: int) -> optax.GradientTransformationExtraArgs:
+    """Descent on E + (λ/4)·(1/K)Σ_k‖∇Ê_k − ∇Ē‖² over K micro-batches of size b of the step's batch,
+    re-drawn every step: :func:`igrlib.training.micro.variance_penalty` (reads ``loss_on`` and
+    ``batch``). λ is a learning rate: at λ = h and b = B, full-batch GD at h with it has SGD-at-h's
+    modified loss to first order. No stability quantity: the penalty's curvature is not a
+    function of h and λ_max (the edge is left underived)."""
+    return variance_penalty(learning_rate, lam, micro_batch)
+
+
+def _check_micro_batches(batch_size: int, values: Mapping[str, Any]) -> None:
+    """At least two micro-batches (K = ⌊|B|/b⌋ ≥ 2): with one, P is identically 0."""
+    b = values["micro_batch"]
+    if batch_size < 2 * b:
+        raise ConfigError(f"var_penalty with micro_batch={b} needs a batch of at least {2 * b} "
+                          f"examples (two micro-batches), got {batch_size}")
+
+
+def update_args(loss_on: Callable[[Params, Any, Any], jax.Array], batch: tuple[Any, Any]) -> dict[str, Any]:
+    """The extra arguments of every rule's ``update`` (module docstring) from ``loss_on(p, x, y)``,
+    the mean loss of p on (x, y), and the step's ``batch = (x, y)``."""
+    def value_fn(p: Params) -> jax.Array:
+        return loss_on(p, *batch)
+
+    return dict(value_fn=value_fn, grad_fn=jax.grad(value_fn), loss_on=loss_on, batch=batch)
+
+
 def _adam(learning_rate: Any, b1: Any, b2: Any, eps: Any) -> optax.GradientTransformation:
     """Adam (Kingma & Ba, Algorithm 1; ε outside the square root, as optax). No stability
     quantity: on a quadratic the step is preconditioned by 1/(√v̂ + ε), so its edge is set by
@@ -367,6 +432,10 @@ METHODS: dict[str, Method] = {m.name: m for m in (
             edge=_edge_sam),
     _method("gnp", "θ ← θ − h·[(1 − α)·∇E(θ) + α·∇E(θ + r·∇E/‖∇E‖)]   (≈ descent on E + αr·‖∇E‖)",
             _gnp, defaults={"alpha": (0.8, NONNEGATIVE), "r": (0.1, POSITIVE)}, edge=_edge_gnp),
+    _method("var_penalty", "θ ← θ − h·∇[E + (λ/4)·(1/K)Σ_k‖∇Ê_k − ∇Ē‖²]   (Ê_k: K = ⌊|B|/b⌋ "
+            "micro-batches of size b of the step's batch, re-drawn every step)", _var_penalty,
+            defaults={"lam": (0.1, NONNEGATIVE)}, options={"micro_batch": MICRO_BATCHES},
+            batch_check=_check_micro_batches),
     _method("adam", "m ← β₁m + (1 − β₁)∇E;  v ← β₂v + (1 − β₂)∇E²;  θ ← θ − h·m̂/(√v̂ + ε)   "
             "(m̂ = m/(1 − β₁ᵗ), v̂ = v/(1 − β₂ᵗ))", _adam,
             defaults={"b1": (0.9, UNIT), "b2": (0.999, UNIT), "eps": (1e-8, POSITIVE)}),

@@ -20,8 +20,12 @@ last improvement at the first threshold.
 
 One step of a run: with ``g = ∇E_B(θ)`` the gradient of the mean cross-entropy on the batch
 ``B`` (a shuffled mini-batch, or the whole training split when ``batch_size`` is None),
-``(u, s) ← rule.update(g, s, θ, value_fn=E_B, grad_fn=∇E_B)`` and ``θ ← θ + u``; a step whose
-loss or update is not finite is not applied, and the run is marked diverged at that step.
+``(u, s) ← rule.update(g, s, θ, value_fn=E_B, grad_fn=∇E_B, loss_on=ℓ, batch=B)`` and
+``θ ← θ + u``, where ``ℓ(p, x, y)`` is the mean loss of p on any examples (x, y) at the step's
+batch-norm state: the one interface of every rule (:func:`igrlib.training.methods.update_args`),
+through which a micro-batch rule cuts B into parts and plain rules ignore what they do not read.
+A step whose loss or update is not finite is not applied, and the run is marked diverged at that
+step.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from igrlib.config import ConfigError
 from igrlib.io.data import Dataset
 from igrlib.io.progress import Progress
 from igrlib.maths import losses, models, objectives
+from igrlib.training import methods
 from igrlib.training import probes as probes_mod
 from igrlib.training.config import TrainConfig
 from igrlib.training.monitors import Monitor, MonitorConfig
@@ -111,6 +116,7 @@ class Program:
             if key.batch_size > n_train:
                 raise ConfigError(f"batch_size {key.batch_size} exceeds the training set size {n_train}")
             self.steps_per_epoch, self.batch = n_train // key.batch_size, key.batch_size
+        key.rule.check_batch(self.batch, key.hparams)  # full batch: n_train is known only here
         self.n_train = n_train
         # None: a Python loop exactly where it is faster (convolutions on CPU)
         self.steps_in_python = (key.model != "mlp" and jax.default_backend() == "cpu"
@@ -151,11 +157,10 @@ class Program:
             params, state = c["params"], c["state"]
             (loss, (new_state, _)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, state, xb, yb)
 
-            def value_fn(p):
-                return loss_fn(p, state, xb, yb)[0]
+            def loss_on(p, x, y):
+                return loss_fn(p, state, x, y)[0]
 
-            updates, new_opt = tx.update(grads, c["opt"], params, value_fn=value_fn,
-                                         grad_fn=jax.grad(value_fn))
+            updates, new_opt = tx.update(grads, c["opt"], params, **methods.update_args(loss_on, (xb, yb)))
             finite = jnp.isfinite(loss) & jnp.isfinite(losses.sq_norm(updates))
             alive = active & (c["bad_step"] < 0)
             ok = alive & finite
