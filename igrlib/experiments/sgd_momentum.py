@@ -5,7 +5,7 @@ Shuffled SGD at learning rate h with M mini-batches follows, on average over shu
 Barrett & De, ICLR 2021; ``V`` the probe ``grad_variance`` of :mod:`igrlib.training.probes`, which
 for a batch of size B scales like 1/B); heavy-ball momentum β at the effective rate
 ``h_eff = h/(1 − β)`` follows that of ``E + (h_eff/4)·((1 + β)/(1 − β))·‖∇E‖²`` (the chapter
-derives both). Four arms on one ReLU MLP (``width`` units, ``depth`` hidden layers, cross-entropy),
+derives both). Five arms on one ReLU MLP (``width`` units, ``depth`` hidden layers, cross-entropy),
 each run a training program of :mod:`igrlib.training.program` with trajectory probes:
 
 * ``batch``: SGD at the fixed rate ``h`` over ``batch_sizes`` (the variance term falls as B grows);
@@ -15,7 +15,15 @@ each run a training program of :mod:`igrlib.training.program` with trajectory pr
   ``betas`` at the fixed effective rate ``h`` (``learning_rate = h(1 − β)``; β = 0 is plain SGD);
 * ``gd``: full-batch GD against SGD at ``gd_batch_sizes`` at the same rate ``gd_h``, on a
   smaller training subset ``gd_n_train`` that full-batch steps can afford (``gd_epochs`` = 0:
-  no GD arm, as at ``smoke``, whose budget is one minute).
+  no GD arm, as at ``smoke``, whose budget is one minute);
+* ``penalty``: the explicit form of SGD's variance term beside the ``gd`` arm: full-batch GD at
+  each rate of ``penalty_h`` on ``E + (λ/4)(1/K)Σ_k‖∇Ê_k − ∇Ē‖²`` (the update rule ``var_penalty``
+  of :mod:`igrlib.training.micro`, micro-batches of ``penalty_micro_batch`` re-drawn every step)
+  at ``λ = penalty_lam``, for ``PENALTY_TIME·gd_epochs·gd_h/h`` steps, evaluated and probed on
+  GD's schedule, read at the ``gd`` arm's matched loss. At λ = h = ``gd_h`` and b = B its modified loss is, to first
+  order, that of SGD at ``gd_h`` with batch b (Smith et al.'s explicit regularizer); at a smaller
+  h it asks whether the penalty recovers the larger rate's accuracy. :data:`COST` times one step
+  of it against GD on the same batch and SGD on its mini-batch.
 
 Every run trains for the profile's epoch budget (the same number of passes over the data for
 every batch size), is evaluated every ``eval_every`` epochs and probed every ``probe_every``
@@ -36,7 +44,7 @@ import numpy as np
 import pandas as pd
 
 from igrlib.config import ConfigError, axis_values, check_keys, resolve_profile
-from igrlib.experiments import common, mnist_mlp
+from igrlib.experiments import common, egr_mlp, equal_compute, mnist_mlp
 from igrlib.io.results import run_id
 from igrlib.maths import stats
 from igrlib.measurement.measure import MeasureConfig
@@ -48,7 +56,8 @@ _PROBES = ("r_ig", "lambda_max", "param_norm", "grad_variance")
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(  # one program (compiling it is the cost): checks that every analysis path runs
         h=0.1, batch_sizes=(64,), ratio_anchor=64, betas=(0.0,), nesterov=False,
-        gd_h=0.2, gd_batch_sizes=(), gd_n_train=128, seed=(0, 1),
+        gd_h=0.2, gd_batch_sizes=(), gd_n_train=128, penalty_h=(), penalty_lam=0.2,
+        penalty_micro_batch=32, seed=(0, 1),
         base=dict(width=16, epochs=2, n_train=256, n_val=128, n_test=256, eval_every=1,
                   probe_every=1, probe_examples=128, probes=("r_ig", "grad_variance")),
         gd_epochs=0,
@@ -57,7 +66,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     ),
     "cpu": dict(
         h=0.05, batch_sizes=(32, 128, 512), ratio_anchor=128, betas=(0.0, 0.5, 0.9, 0.99),
-        nesterov=False, gd_h=0.1, gd_batch_sizes=(32,), gd_n_train=1000, seed=(0, 1, 2, 3, 4),
+        nesterov=False, gd_h=0.1, gd_batch_sizes=(32,), gd_n_train=1000, penalty_h=(0.1,),
+        penalty_lam=0.1, penalty_micro_batch=32, seed=(0, 1, 2, 3, 4),
         base=dict(width=50, epochs=24, n_train=5000, n_val=1000, n_test=5000, eval_every=2,
                   probe_every=2, probe_examples=1024, probe_lanczos_iters=8),
         gd_epochs=400,
@@ -67,7 +77,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     "paper": dict(
         h=0.05, batch_sizes=(32, 64, 128, 256, 512, 1024), ratio_anchor=128,
         betas=(0.0, 0.5, 0.9, 0.99), nesterov=True, gd_h=0.1, gd_batch_sizes=(32, 128, 512),
-        gd_n_train=10_000, seed=(0, 1, 2, 3, 4),
+        gd_n_train=10_000, penalty_h=(0.1, 0.05), penalty_lam=0.1, penalty_micro_batch=32,
+        seed=(0, 1, 2, 3, 4),
         base=dict(width=200, epochs=200, n_train=None, n_val=5000, n_test=None, eval_every=1,
                   probe_every=5, probe_examples=4096),
         gd_epochs=5000,
@@ -77,8 +88,11 @@ PROFILES: dict[str, dict[str, Any]] = {
 BASE = dict(mnist_mlp.BASE, thresholds=(0.5,), probes=_PROBES)
 #: Most evaluations of a full-batch GD run (its many one-step epochs are otherwise evaluated).
 GD_EVALUATIONS = 40
+#: The penalty arm's time h·steps in units of GD's: the penalty slows the fit, and every run must
+#: reach the GD arm's matched loss (at 1, one of five cpu runs ended just above it).
+PENALTY_TIME = 1.5
 AXES = ("h", "batch_sizes", "ratio_anchor", "betas", "nesterov", "gd_h", "gd_batch_sizes",
-        "gd_n_train", "gd_epochs", "seed")
+        "gd_n_train", "gd_epochs", "penalty_h", "penalty_lam", "penalty_micro_batch", "seed")
 
 
 def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
@@ -100,9 +114,13 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
     base = {**BASE, **spec["base"], **overrides}
     measure = MeasureConfig(**spec["measure"])
     h, anchor = arms["h"], arms["ratio_anchor"]
-    for name in ("h", "gd_h"):
-        if isinstance(arms[name], bool) or not isinstance(arms[name], (int, float)) or arms[name] <= 0:
-            raise ConfigError(f"{name} must be a positive number, got {arms[name]!r}")
+    if not isinstance(arms["penalty_h"], (tuple, list)):
+        raise ConfigError(f"penalty_h must be a tuple of learning rates, got {arms['penalty_h']!r}")
+    penalty_h = tuple(arms["penalty_h"])
+    for name, value in (("h", h), ("gd_h", arms["gd_h"]), ("penalty_lam", arms["penalty_lam"]),
+                        *(("penalty_h", v) for v in penalty_h)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise ConfigError(f"{name} must be a positive number, got {value!r}")
     configs = []
     for b in batches:  # the batch and ratio arms
         configs += common.make_grid({**base, "batch_size": b}, dict(learning_rate=(h,), seed=seeds), measure)
@@ -128,6 +146,12 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
         # main budget (it reaches every loss GD reaches long before)
         configs += common.make_grid({**gd_base, "epochs": base["epochs"], "batch_size": b},
                                     dict(learning_rate=(arms["gd_h"],), seed=seeds), measure)
+    for rate in penalty_h:  # GD plus the explicit variance term, on GD's evaluation schedule
+        epochs = round(PENALTY_TIME * arms["gd_epochs"] * arms["gd_h"] / rate)
+        configs += common.make_grid(
+            {**gd_base, "method": "var_penalty", "batch_size": None, "epochs": epochs, "eval_every": gd_eval,
+             "lam": float(arms["penalty_lam"]), "micro_batch": arms["penalty_micro_batch"]},
+            dict(learning_rate=(rate,), seed=seeds), measure)
     unique = {run_id(c): c for c in configs}
     return list(unique.values())
 
@@ -138,6 +162,54 @@ run_group = common.run_group
 
 
 # ---------------------------------------------------------------------------------------------
+# Wall time of one step of the explicit penalty, beside GD on the same batch and SGD
+
+#: Interleaved timing rounds of :data:`COST` (the median is reported).
+COST_REPEATS = 15
+
+
+def cost_grid(profile: str | None = None) -> list[dict[str, Any]]:
+    """The step-cost configs of ``profile`` for :data:`COST` (none without a penalty arm): GD and
+    each penalty rule on the GD arm's whole training subset (the same batch), and SGD on each of
+    ``gd_batch_sizes`` (its own mini-batch), on the arm's MLP; timed by
+    :func:`igrlib.experiments.equal_compute._time_rules`."""
+    spec = PROFILES[resolve_profile(profile)]
+    if not spec["penalty_h"] or not spec["gd_epochs"]:
+        return []
+    width, depth = {**BASE, **spec["base"]}["width"], {**BASE, **spec["base"]}["depth"]
+    full = {"GD": dict(method="gd", learning_rate=spec["gd_h"])}
+    full.update({f"GD + λV, b = {spec['penalty_micro_batch']}": dict(
+        method="var_penalty", learning_rate=spec["gd_h"], lam=float(spec["penalty_lam"]),
+        micro_batch=spec["penalty_micro_batch"])})
+    configs = [dict(width=width, depth=depth, batch=spec["gd_n_train"], repeats=COST_REPEATS, rules=full)]
+    configs += [dict(width=width, depth=depth, batch=b, repeats=COST_REPEATS,
+                     rules={"SGD": dict(method="sgd", learning_rate=spec["gd_h"])})
+                for b in spec["gd_batch_sizes"]]
+    return configs
+
+
+#: Times one training step of GD, the explicit penalty and SGD (stored like a run, read back).
+COST = egr_mlp.StepCostExperiment(NAME + "_cost", equal_compute._time_rules)
+
+
+def cost_table(costs: pd.DataFrame, n_train: int) -> pd.DataFrame:
+    """One row per timed rule: batch, milliseconds per step, the ratio to a GD step on the same
+    ``n_train`` images, and milliseconds per epoch of ``n_train`` images (⌊n/B⌋ steps)."""
+    rows = []
+    for _, run in costs.iterrows():
+        for column in [c for c in run.index if c.startswith("seconds_") and pd.notna(run[c])]:
+            rows.append(dict(rule=column[len("seconds_"):], batch=int(run["batch"]),
+                             ms_per_step=1e3 * run[column], steps_per_epoch=n_train // int(run["batch"])))
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    gd = out.loc[out["rule"] == "GD", "ms_per_step"].iloc[0]
+    out["ratio_to_gd_step"] = out["ms_per_step"] / gd
+    out["ms_per_epoch"] = out["ms_per_step"] * out["steps_per_epoch"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
 # Analysis
 
 
@@ -145,8 +217,9 @@ def tidy(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> pd
     """One row per run: config, metrics at the validation-selected checkpoint, and the columns
     ``beta`` (0 for SGD and GD), ``batch`` (the batch size; the training-set size for GD),
     ``h_over_b``, ``h_eff = h/(1 − β)``, ``log10_r_ig``, ``n_test_images`` and the arm flags
-    ``in_batch``, ``in_ratio``, ``in_momentum``, ``in_gd`` of the grid's arms (a run can be in
-    several)."""
+    ``in_batch``, ``in_ratio``, ``in_momentum``, ``in_gd``, ``in_penalty`` of the grid's arms (a
+    run can be in several), and ``variant``, a short label of the GD and penalty arms' runs
+    (``GD h``, ``SGD B h``, ``GD h + λV``)."""
     spec = {**PROFILES[resolve_profile(profile)], **{k: v for k, v in overrides.items() if v is not None}}
     df = runs.copy()
     df["beta"] = df["beta"].fillna(0.0) if "beta" in df else 0.0
@@ -161,8 +234,18 @@ def tidy(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> pd
     df["in_batch"] = main & sgd & np.isclose(df["learning_rate"], h)
     df["in_ratio"] = main & sgd & np.isclose(df["h_over_b"], h / anchor)
     df["in_momentum"] = main & (df["batch"] == anchor) & np.isclose(df["h_eff"], h)
-    df["in_gd"] = ~main & np.isclose(df["learning_rate"], spec["gd_h"])
+    penalised = df["method"] == "var_penalty"
+    df["in_gd"] = ~main & ~penalised & np.isclose(df["learning_rate"], spec["gd_h"])
+    df["in_penalty"] = df["in_gd"] | (~main & penalised)
+    df["variant"] = [_variant(row) for _, row in df.iterrows()]
     return df
+
+
+def _variant(row: Mapping[str, Any]) -> str:
+    h = f"h = {row['learning_rate']:g}"
+    if row["method"] == "var_penalty":
+        return f"GD {h} + λV (λ = {row['lam']:g}, b = {int(row['micro_batch'])})"
+    return f"GD {h}" if row["method"] == "gd" else f"{row['method'].upper()} B = {row['batch']}, {h}"
 
 
 def matched_level(frame: pd.DataFrame) -> float:
@@ -214,9 +297,15 @@ def _arm(df: pd.DataFrame, name: str) -> pd.DataFrame:
 
 def arms(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> dict[str, pd.DataFrame]:
     """The ok runs of each arm (``batch``, ``ratio``, ``momentum``, ``gd``), each read at its own
-    matched training loss (:func:`at_matched_loss`)."""
+    matched training loss (:func:`at_matched_loss`), and ``penalty``: the ``gd`` arm's runs with
+    the explicit-penalty runs, all read at the ``gd`` arm's level (so adding the penalty does not
+    move the GD/SGD comparison; a penalty run that never gets there reads NaN)."""
     df = tidy(runs, profile, **overrides)
-    return {name: _arm(df, name) for name in ("batch", "ratio", "momentum", "gd")}
+    out = {name: _arm(df, name) for name in ("batch", "ratio", "momentum", "gd")}
+    frame = df[df["in_penalty"] & (df["status"] == "ok")]
+    level = out["gd"]["E_match"].iloc[0] if len(out["gd"]) else None
+    out["penalty"] = at_matched_loss(frame, level) if len(frame) and level is not None else frame.iloc[:0]
+    return out
 
 
 #: Equivalence margin for "the same test accuracy" (our choice): 0.5 % of the test set.
@@ -242,7 +331,7 @@ def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     def level(frame):
         return f"E* = {frame['E_match'].iloc[0]:.3g}" if len(frame) else "E*"
 
-    b, r, mom, gd = (groups[k] for k in ("batch", "ratio", "momentum", "gd"))
+    b, r, mom, gd, pen = (groups[k] for k in ("batch", "ratio", "momentum", "gd", "penalty"))
     add("fixed h: test accuracy falls as B grows (at E*)", b, "batch", "test_acc_at_E", -1,
         f"ρ(B, test acc at {level(b)})", images(b))
     add("fixed h: test accuracy falls as B grows (selected checkpoint)", b, "batch", "test_acc", -1,
@@ -276,7 +365,63 @@ def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         "test_acc_at_E", -1, f"ρ(B, test acc at {level(gd)}), GD = full batch", images(gd))
     add("GD vs SGD at the same h: SGD reaches lower R_IG (at E*)", gd, "batch", "log10_r_ig_at_E", +1,
         f"ρ(B, log10 R_IG at {level(gd)})", (1.0, "decades"))
+    for variant, pair in _penalty_pairs(pen):
+        add(f"explicit variance penalty: {variant} reaches higher test accuracy than GD (at E*)", pair,
+            "penalised", "test_acc_at_E", +1, f"ρ(penalty, test acc at {level(gd)})", images(pair))
+        scale = images(pair)[0]
+        rows.append(stats.equivalence_finding(
+            f"explicit variance penalty: {variant} recovers SGD's test accuracy (at E*)",
+            common.paired_differences(pen, "variant", _sgd_variant(pen), variant, "test_acc_at_E", scale),
+            ACC_MARGIN * scale, "test images", f"paired Δ test images ({variant} − SGD) at {level(gd)}"))
+        add(f"explicit variance penalty: {variant} reaches lower λ_max than GD, as SGD does (at E*)", pair,
+            "penalised", "lambda_max_at_E", -1, f"ρ(penalty, λ_max at {level(gd)})", (1.0, "λ_max"))
+        add(f"explicit variance penalty: {variant} reaches lower R_IG than GD (at E*)", pair, "penalised",
+            "log10_r_ig_at_E", -1, f"ρ(penalty, log10 R_IG at {level(gd)})", (1.0, "decades"))
     return stats.finish(rows, "E* per arm")
+
+
+def _gd_variant(frame: pd.DataFrame) -> str | None:
+    labels = frame.loc[frame["method"] == "gd", "variant"].unique()
+    return labels[0] if len(labels) else None
+
+
+def _sgd_variant(frame: pd.DataFrame) -> str | None:
+    """The smallest-batch SGD run of the GD arm (the batch the penalty's micro-batches stand for)."""
+    sgd = frame[frame["method"] == "sgd"]
+    return sgd.sort_values("batch")["variant"].iloc[0] if len(sgd) else None
+
+
+def _penalty_pairs(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Per penalty variant: it and GD, with ``penalised`` 1 for the penalty runs and 0 for GD's."""
+    gd = _gd_variant(frame)
+    out = []
+    for variant in sorted(frame.loc[frame["method"] == "var_penalty", "variant"].unique()):
+        pair = frame[frame["variant"].isin([gd, variant])]
+        out.append((variant, pair.assign(penalised=(pair["variant"] == variant).astype(int))))
+    return out
+
+
+def gap_closed(frame: pd.DataFrame) -> pd.DataFrame:
+    """How much of the SGD − GD gap in test images at matched loss each penalty variant closes,
+    from the ``penalty`` arm (:func:`arms`): per seed, ``gap`` = SGD − GD and ``closed`` =
+    penalty − GD (test images, runs paired by seed), their ratio, and a last row ``mean`` with the
+    means, the 95 % t-intervals (:func:`igrlib.maths.stats.t_interval`) and the ratio of the
+    means (the fraction of the mean gap closed). Empty without penalty runs."""
+    gd, sgd = _gd_variant(frame), _sgd_variant(frame)
+    if gd is None or sgd is None:
+        return pd.DataFrame()
+    scale = mnist_mlp.test_images_scale(frame)[0]
+    gap = frame.pivot_table(index="seed", columns="variant", values="test_acc_at_E", aggfunc="mean")
+    rows = []
+    for variant, _ in _penalty_pairs(frame):
+        cells = gap[[gd, sgd, variant]].dropna()
+        g, c = scale * (cells[sgd] - cells[gd]), scale * (cells[variant] - cells[gd])
+        for seed in cells.index:
+            rows.append(dict(variant=variant, seed=str(seed), gap=g[seed], closed=c[seed], fraction=c[seed] / g[seed]))
+        (gm, glo, ghi), (cm, clo, chi) = stats.t_interval(g), stats.t_interval(c)
+        rows.append(dict(variant=variant, seed="mean", gap=gm, closed=cm, fraction=cm / gm,
+                         gap_95=f"[{glo:+.0f}, {ghi:+.0f}]", closed_95=f"[{clo:+.0f}, {chi:+.0f}]"))
+    return pd.DataFrame(rows)
 
 
 def summary(frame: pd.DataFrame, keys: Sequence[str]) -> pd.DataFrame:
@@ -313,6 +458,13 @@ def describe(configs: Sequence[Mapping[str, Any]], profile: str | None = None) -
     gd_text = (f"GD arm: {gd[0]['n_train']} training images, GD at h = {spec['gd_h']:g} for "
                f"{spec['gd_epochs']} steps beside SGD at B ∈ {list(spec['gd_batch_sizes'])} for "
                f"{t0['epochs']} epochs." if gd else "No GD arm at this profile.")
+    penalty = [t for t in gd if t["method"] == "var_penalty"]
+    if penalty:
+        steps = sorted({(t["learning_rate"], t["epochs"]) for t in penalty})
+        gd_text += (f" Penalty arm: full-batch GD at (h, steps) ∈ {[(h, n) for h, n in steps]} on "
+                    f"E + (λ/4)·(1/K)Σ_k‖∇Ê_k − ∇Ē‖², λ = {penalty[0]['hparams']['lam']:g}, micro-batches "
+                    f"of b = {penalty[0]['hparams']['micro_batch']} (K = {penalty[0]['n_train'] // penalty[0]['hparams']['micro_batch']}) "
+                    f"re-drawn every step, evaluated every {penalty[0]['eval_every']} steps like GD.")
     methods = sorted({t["method"] for t in main if t["method"] != "sgd"})
     return (f"{len(configs)} runs, seeds {seeds}. MLP: {t0['depth']} hidden {t0['activation']} layers of "
             f"{t0['width']} units, cross-entropy. Main subset: {t0['n_train'] or 'all'} training images "
