@@ -23,8 +23,9 @@ runs of a vmapped group see the same partition sequence (they differ by initiali
 mini-batches, by data order), and partitions of different steps are independent draws.
 
 Cost: the K micro-batch gradients are ONE ``jax.vmap(jax.grad(·))`` over the reshaped batch (the
-work of one gradient of B), and ∇P differentiates through it (double backprop: a few gradients'
-work), so a step costs a small multiple of a plain one whatever K; the chapter measures it.
+arithmetic of one gradient of B, done as K small products), and ∇P differentiates through it
+(double backprop). Small products run far below a CPU's peak, so a step costs several plain
+steps on the same batch; the SGD/momentum chapter measures how many (``sgd_momentum.COST``).
 """
 
 from __future__ import annotations
