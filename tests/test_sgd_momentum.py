@@ -132,12 +132,12 @@ def test_penalty_rows_and_gap_closed_on_synthetic_runs():
     assert gap.iloc[-1]["fraction"] == pytest.approx(0.75, rel=1e-6)
     table = sgd_momentum.findings(groups).set_index("claim")
     variant = "GD h = 0.2 + λV (λ = 0.2, b = 32)"
-    higher = table.loc[f"explicit variance penalty: {variant} reaches higher test accuracy than GD (at E*)"]
+    higher = table.loc[f"explicit variance penalty: {variant} reaches higher test accuracy than GD h = 0.2 (at E*)"]
     assert higher["verdict"] == "reproduced" and "+30" in higher["effect"]
-    assert table.loc[f"explicit variance penalty: {variant} reaches lower λ_max than GD, as SGD does (at E*)",
+    assert table.loc[f"explicit variance penalty: {variant} reaches lower λ_max than GD h = 0.2, as SGD does (at E*)",
                      "verdict"] == "reproduced"
     # 10 images below SGD in every seed: outside the ±5-image margin, so not the same accuracy
-    assert table.loc[f"explicit variance penalty: {variant} recovers SGD's test accuracy (at E*)",
+    assert table.loc[f"explicit variance penalty: {variant} recovers the test accuracy of SGD B = 32, h = 0.2 (at E*)",
                      "verdict"] == "not reproduced"
 
 
