@@ -1,6 +1,7 @@
 """The equal-compute experiment: its grid (arms, budgets, pairing), the matched-loss interpolation
 (exact on power laws, in float64) and the analysis on a synthetic results frame whose effects are
-known, so every verdict can be predicted. No training here (the chapter runs it at smoke)."""
+known, so every verdict can be predicted. No training here but a few steps of the smoke MLP (the step
+timing); the chapter runs the experiment at smoke."""
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 
 from igrlib.config import ConfigError
 from igrlib.experiments import equal_compute as ec
+from igrlib.maths import stats
 
 
 def _arms(grid):
@@ -163,3 +165,76 @@ def test_describe_names_every_arm_of_a_grid_even_without_egr():
     assert "SAM ρ=0.05 (sam, h = 0.05, rho = 0.05, ascent = normalized)" in text and "2× arm" not in text
     text = ec.describe(ec.grid("cpu"))
     assert "120 for the 2× arm" in text and "fd_radius = 0.001" in text and text.count("fd_radius") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# The CIFAR-10 slice and the chapter's budget
+
+
+def test_cifar_slice_grid_per_profile():
+    assert ec.cifar_grid("smoke") == [] and ec.cifar_cost_grid("smoke") == []  # CI runs no ResNet
+    frame = pd.DataFrame([{**c["train"], **c["train"]["hparams"]} for c in ec.cifar_grid("cpu")])
+    frame["arm"] = [ec.arm_of(r, 0.05, 4) for _, r in frame.iterrows()]
+    assert len(frame) == 8 and set(frame["model"]) == {"resnet18"} and set(frame["width_multiplier"]) == {0.0625}
+    assert set(frame["arm"]) == {"SGD h", "SGD h+4μ", "EGR (FD)", "SAM ρ=0.05"}
+    assert all(sorted(g["seed"]) == [0, 1] for _, g in frame.groupby("arm"))
+    assert frame.loc[frame["arm"] == "SGD h+4μ", "learning_rate"].iloc[0] == pytest.approx(0.05 + 4 * 0.0125)
+    assert (frame["dataset"] == "cifar10").all() and (frame["epochs"] == 4).all() and frame["patience"].isna().all()
+    paper = ec.cifar_grid("paper")
+    assert len(paper) == 10 * 3 and {c["train"]["width_multiplier"] for c in paper} == {1.0}
+    assert ec.cifar_grid("cpu", seed=[3])[0]["train"]["seed"] == 3
+    # the timing uses the training programs of the runs (same program key as seed 0's runs)
+    (cost,) = ec.cifar_cost_grid("cpu")
+    assert set(cost["rules"]) == {"SGD", "EGR (FD)", "SAM ρ=0.05"}
+    runs = {c["train"]["method"]: c["train"] for c in ec.cifar_grid("cpu") if c["train"]["seed"] == 0}
+    assert cost["rules"]["SAM ρ=0.05"] == runs["sam"] and cost["rules"]["EGR (FD)"] == runs["egr"]
+
+
+def _cifar_run(config, test_acc, r_ig, train_loss):
+    train = config["train"]
+    return {**train, **train["hparams"], "id": f"{train['method']}-{train['learning_rate']}-{train['seed']}",
+            "status": "ok", "num_params": 44_000, "reached_0p1": True, "test_acc": test_acc, "train_acc": 0.3,
+            "r_ig": r_ig, "lambda_max": 50.0, "train_loss_full": train_loss, "history": {}}
+
+
+@pytest.mark.parametrize("train_loss", [2.0, 0.01])
+def test_cifar_findings_are_not_testable_far_from_a_minimum(train_loss):
+    """Two seeds, every arm ahead of SGD h in both: far from a minimum (the slice's few epochs)
+    no claim is testable; near one the rows get the within-seed verdicts."""
+    rows = []
+    for c in ec.cifar_grid("cpu"):
+        t = c["train"]
+        ahead = 0.0 if (t["method"] == "sgd" and t["learning_rate"] == 0.05) else 0.01
+        rows.append(_cifar_run(c, 0.2 + ahead + 0.001 * t["seed"], 1e-3 * (1 - 50 * ahead), train_loss))
+    runs = pd.DataFrame(rows)
+    table = ec.cifar_findings(runs, 0.1)
+    assert len(table) == 2 * 3
+    far = table["verdict"] == "not testable at this budget"
+    assert far.all() if train_loss > stats.MAX_TRAIN_LOSS else not far.any()
+    arms = ec.cifar_table(runs, 0.1, table=table).set_index("arm")
+    assert arms.loc["SAM ρ=0.05", "Δ test images vs SGD h (per seed)"] == "+10, +10"
+    assert arms.loc["SGD h", "Δ test images vs SGD h (per seed)"] == "–"
+    assert arms.loc["EGR (FD)", "gradients / step"] == 2 and arms.loc["SGD h", "runs"] == 2
+    assert arms.loc["SGD h+4μ", "train loss"] == pytest.approx(train_loss)
+
+
+def test_training_step_timing_runs_each_rules_own_program():
+    grid = ec.grid("smoke", seed=[0])
+    rules = {"SGD": grid[0]["train"], "SAM": grid[-1]["train"]}
+    seconds = ec._time_training_steps(dict(rules=rules, repeats=2))
+    assert set(seconds) == {"SGD", "SAM"} and all(0 < s < 1 for s in seconds.values())
+
+
+def test_sweep_options_and_program_order(monkeypatch):
+    monkeypatch.delenv("IGR_EXECUTOR", raising=False)
+    monkeypatch.delenv("IGR_WORKERS", raising=False)
+    assert ec.sweep_options("cpu") == dict(executor="process", workers=2)
+    assert ec.sweep_options("smoke") == {} and ec.sweep_options("paper") == {}
+    monkeypatch.setenv("IGR_WORKERS", "1")
+    assert ec.sweep_options("cpu") == {}  # the environment says where sweeps run
+    grid = ec.grid("cpu")
+    ordered = ec.largest_first(grid)
+    assert sorted(map(id, ordered)) == sorted(map(id, grid))
+    # the normalised-SAM program (three arms, 15 runs of two gradients) first, its runs in grid order
+    assert [c["train"]["hparams"].get("rho") for c in ordered[:15]] == [0.01] * 5 + [0.05] * 5 + [0.2] * 5
+    assert ordered[15]["train"]["hparams"].get("penalty_method") == "hvp"  # 3 gradients × 5 runs

@@ -32,7 +32,9 @@ set, 5 seeds; ``smoke`` only checks that everything runs.
 from __future__ import annotations
 
 import math
+import os
 import time
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -42,13 +44,16 @@ import numpy as np
 import optax
 import pandas as pd
 
+from igrlib import executors
 from igrlib.config import ConfigError, axis_values, check_keys, check_positive, resolve_profile
-from igrlib.experiments import common, egr_mlp, mnist_mlp
+from igrlib.experiments import cifar_resnet, common, egr_mlp, mnist_mlp
 from igrlib.io import data
 from igrlib.maths import models, stats
 from igrlib.maths.objectives import loss_fn
 from igrlib.measurement.measure import MeasureConfig
 from igrlib.training import methods
+from igrlib.training.config import TrainConfig
+from igrlib.training.program import program
 
 NAME = "equal_compute"
 
@@ -70,9 +75,11 @@ PROFILES: dict[str, dict[str, Any]] = {
         base=dict(epochs=60, n_train=10_000, n_val=5_000, n_test=10_000, eval_every=2, patience=None,
                   thresholds=(0.95, 0.97), probe_every=3, probe_examples=512, probe_lanczos_iters=8,
                   probe_trace_samples=4),
-        measure=dict(curvature_examples=1024, lanczos_iters=12, trace_samples=10,
-                     slope_directions=5, noise_draws=2, sigmas=(0.0,), slices=False),
-        cost_batch=512, cost_repeats=15, seeds_b=(5, 6, 7, 8, 9),
+        # the chapter reads curvature at the matched loss from the probes; the checkpoint's own
+        # measurement is taken at the probes' precision (it informs only the first-order μ, via R_IG)
+        measure=dict(curvature_examples=512, lanczos_iters=8, trace_samples=4,
+                     slope_directions=2, noise_draws=2, sigmas=(0.0,), slices=False),
+        cost_batch=512, cost_repeats=15, seeds_b=(5, 6, 7, 8, 9), workers=2,
     ),
     "paper": dict(
         width=(200,), seed=(0, 1, 2, 3, 4), h=0.005, mu=0.025, rho=(0.01, 0.05, 0.2),
@@ -114,6 +121,17 @@ def arms(spec: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
+def sweep_options(profile: str | None) -> dict[str, Any]:
+    """Keyword arguments for :func:`igrlib.sweep.run` of this chapter's grids: the profile's
+    ``workers`` (``cpu``: two worker processes, one per core of the 2-core build machine, since
+    one training program keeps about one core busy), unless ``$IGR_EXECUTOR`` or ``$IGR_WORKERS``
+    say where sweeps run; else none (the sweep's default)."""
+    workers = PROFILES[resolve_profile(profile)].get("workers")
+    if workers is None or os.environ.get(executors.EXECUTOR_ENV) or os.environ.get(executors.WORKERS_ENV):
+        return {}
+    return dict(executor="process", workers=workers)
+
+
 def _spec(profile: str | None, overrides: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The profile's spec with ``overrides`` applied, and the axes; validated, no compute."""
     spec = dict(PROFILES[resolve_profile(profile)])
@@ -150,6 +168,72 @@ group_size = common.group_size
 run_group = common.run_group
 
 
+def largest_first(configs: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``configs`` with the programs (:func:`group_key`) of most gradient evaluations first, each
+    program's runs in their order (so its vmapped groups are unchanged): parallel workers then
+    finish together instead of one running the normalised-SAM program, three arms' worth, alone
+    at the end. The sweep's records do not depend on the order."""
+    work: dict[Any, float] = {}
+    for c in configs:
+        per_step = gradients_per_step(c["train"]["method"], c["train"]["hparams"].get("penalty_method"))
+        work[group_key(c)] = work.get(group_key(c), 0.0) + per_step * c["train"]["epochs"]
+    return sorted(configs, key=lambda c: -work[group_key(c)])
+
+
+# ---------------------------------------------------------------------------------------------
+# The CIFAR-10 slice: a few arms on the narrow ResNet-18 of :mod:`igrlib.experiments.cifar_resnet`
+
+#: The CIFAR-10 slice of each profile (None: not run): the ResNet-18 at ``width_multiplier``,
+#: the ``arms`` named (of :func:`arms`, at this spec's ``h``, ``mu``, ``rho``), ``seed`` × arm.
+#: ``cpu`` is as far as the chapter's budget allows (a few epochs on 1,024 images); ``paper`` is
+#: the full network on the full training set with every arm and ρ of the MLP grid.
+CIFAR_PROFILES: dict[str, dict[str, Any] | None] = {
+    "smoke": None,  # CI stays cheap: the slice's grid and analysis are covered by unit tests
+    "cpu": dict(
+        width_multiplier=0.0625, seed=(0, 1), h=0.05, mu=0.0125, rho=(0.05,), gnp=dict(alpha=0.8, r=0.1),
+        arms=("SGD h", "SGD h+4μ", "EGR (FD)", "SAM ρ=0.05"),
+        base=dict(epochs=4, batch_size=64, n_train=1024, n_val=500, n_test=1000, eval_every=1,
+                  thresholds=(0.1,), patience=None),
+        measure=dict(cifar_resnet.LIGHT_MEASURE, sigmas=(0.0,), noise_draws=2),
+        cost_batch=64, cost_repeats=3,
+    ),
+    "paper": dict(
+        width_multiplier=1.0, seed=(0, 1, 2), h=0.01, mu=0.01, rho=(0.01, 0.05, 0.2),
+        gnp=dict(alpha=0.8, r=0.1),
+        base=dict(epochs=200, batch_size=512, n_val=5_000, eval_every=2, patience=None,
+                  thresholds=(0.99, 0.9), probe_every=5, probe_examples=1024),
+        measure=cifar_resnet.PROFILES["paper"]["measure"],
+        cost_batch=512, cost_repeats=3,
+    ),
+}
+
+
+#: The slice's results store: the training experiment of this module under a store of its own.
+CIFAR = types.SimpleNamespace(NAME=NAME + "_cifar", group_key=common.group_key, group_size=common.group_size,
+                              run_group=common.run_group)
+
+
+def cifar_spec(profile: str | None) -> dict[str, Any] | None:
+    """The CIFAR slice of ``profile`` (:data:`CIFAR_PROFILES`), None where it is not run."""
+    return CIFAR_PROFILES[resolve_profile(profile)]
+
+
+def cifar_grid(profile: str | None = None, seed: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """The run configs of the CIFAR slice of ``profile``: every arm of its spec × seed (``seed``
+    overrides the spec's); empty where the profile runs no slice. Validated here, before any
+    compute."""
+    spec = cifar_spec(profile)
+    if spec is None:
+        return []
+    seeds = axis_values("seed", spec["seed"] if seed is None else seed)
+    base = {**cifar_resnet.BASE, **spec["base"], "width_multiplier": spec["width_multiplier"]}
+    measure = MeasureConfig(**spec["measure"])
+    configs = []
+    for _, arm in arms(spec):
+        configs += common.make_grid({**base, **arm}, dict(seed=seeds), measure)
+    return configs
+
+
 # ---------------------------------------------------------------------------------------------
 # Analysis
 
@@ -158,6 +242,11 @@ BASELINE, TWICE = "SGD h", "SGD h, 2× steps"
 #: Gradient evaluations of one step per update rule (a Hessian-vector product by
 #: forward-over-reverse costs about two gradients: :data:`igrlib.experiments.costs.STEP_FORWARDS`).
 GRADIENTS_PER_STEP = {"sgd": 1, "egr:hvp": 3, "egr:finite_difference": 2, "gnp": 2, "sam": 2}
+
+
+def gradients_per_step(method: str, penalty_method: str | None = None) -> int:
+    """:data:`GRADIENTS_PER_STEP` of an update rule (``penalty_method``: EGR's)."""
+    return GRADIENTS_PER_STEP[f"egr:{penalty_method}" if method == "egr" else method]
 
 
 def seed_set_b(profile: str | None, seeds_b: Sequence[int] | None, seeds_a: Sequence[int]) -> tuple[int, ...]:
@@ -194,8 +283,8 @@ def tidy(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
     h = float(df.loc[df["method"] != "sgd", "learning_rate"].min())
     epochs = int(df.loc[df["method"] != "sgd", "epochs"].min())
     df["arm"] = [arm_of(row, h, epochs) for _, row in df.iterrows()]
-    keys = [f"egr:{row['penalty_method']}" if row["method"] == "egr" else row["method"] for _, row in df.iterrows()]
-    df["gradients_per_step"] = [GRADIENTS_PER_STEP[k] for k in keys]
+    df["gradients_per_step"] = [gradients_per_step(row["method"], row.get("penalty_method"))
+                                for _, row in df.iterrows()]
     df["gradient_budget"] = df["gradients_per_step"] * df["epochs"] / epochs
     df["grad_norm_full"] = np.sqrt(df["num_params"] * df["r_ig"])
     df["mu_first_order"] = first_order_mu(df, df["grad_norm_full"])
@@ -428,6 +517,57 @@ def arms_table(runs: pd.DataFrame, threshold: float, costs: pd.DataFrame | None 
     return pd.DataFrame(rows)
 
 
+def cifar_findings(runs: pd.DataFrame, threshold: float) -> pd.DataFrame:
+    """The CIFAR slice's "What we found" rows: for every arm against ``SGD h`` (equal steps),
+    test accuracy rises and R_IG falls at the selected checkpoints (within-seed tests, effects
+    in test images and decades). Every row is a claim about minima: "not testable at this
+    budget" when the runs end far from one (:func:`igrlib.maths.stats.far_from_minimum`)."""
+    df = tidy(runs, threshold)
+    kept = df[df["category"] == "kept"]
+    images = mnist_mlp.test_images_scale(kept)
+    rows = []
+    for arm in arm_order(kept):
+        if arm == BASELINE:
+            continue
+        pair = _pair(kept, arm, BASELINE)
+        rows.append(stats.finding(f"{arm} raises test accuracy over SGD h (equal steps)", pair, "x", "test_acc",
+                                  +1, "ρ(arm, test acc)", effect=images, about_minima=True))
+        rows.append(stats.finding(f"{arm} lowers R_IG over SGD h (equal steps)", pair, "x", "log10_r_ig", -1,
+                                  "ρ(arm, R_IG)", effect=(1.0, "decades"), about_minima=True))
+    return stats.finish(rows, threshold)
+
+
+def cifar_table(runs: pd.DataFrame, threshold: float, costs: pd.DataFrame | None = None,
+                table: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per arm of the CIFAR slice, at the selected checkpoints: runs and kept runs,
+    gradients per step, the measured wall time per step relative to plain SGD (``costs``:
+    :func:`cost_table` of the ResNet timing), mean training loss (nats, whole training subset),
+    training and test accuracy, the per-seed paired Δ test images against SGD h (too few seeds
+    for an interval), mean R_IG and λ_max, and the verdict on test accuracy of ``table``
+    (default :func:`cifar_findings`)."""
+    df = tidy(runs, threshold)
+    kept = df[df["category"] == "kept"]
+    table = cifar_findings(runs, threshold) if table is None else table
+    images = mnist_mlp.test_images_scale(kept)[0]
+    ratio = {} if costs is None else dict(zip(costs["arm"], costs["ratio_to_sgd"]))
+    verdicts = dict(zip(table["claim"], table["verdict"]))
+    rows = []
+    for arm in arm_order(df):
+        group, good = df[df["arm"] == arm], kept[kept["arm"] == arm]
+        d = _paired_differences(kept, arm, BASELINE, "test_acc", images) if arm != BASELINE else []
+        rows.append({
+            "arm": arm, "runs": len(group), "kept": len(good),
+            "gradients / step": int(group["gradients_per_step"].iloc[0]),
+            "wall time / step (× SGD)": ratio.get(arm, np.nan),
+            "train loss": good["train_loss_full"].mean(), "train acc": good["train_acc"].mean(),
+            "test acc": good["test_acc"].mean(),
+            "Δ test images vs SGD h (per seed)": ", ".join(f"{v:+.0f}" for v in d) or "–",
+            "R_IG": good["r_ig"].mean(), "λ_max": good["lambda_max"].mean(),
+            "acc verdict (equal steps)": verdicts.get(f"{arm} raises test accuracy over SGD h (equal steps)", "–"),
+        })
+    return pd.DataFrame(rows)
+
+
 def describe(configs: Sequence[Mapping[str, Any]]) -> str:
     """What a grid runs, with everything that shapes its numbers (for the chapter's protocol
     paragraph and captions, so they cannot drift from the grid)."""
@@ -446,9 +586,13 @@ def describe(configs: Sequence[Mapping[str, Any]]) -> str:
         + ")"
         for arm, (i, row) in {r["arm"]: (i, r) for i, r in frame.iterrows()}.items())
     twice = f" ({2 * epochs} for the 2× arm)" if TWICE in set(frame["arm"]) else ""
+    if t0["model"] == "resnet18":
+        network, full = (f"ResNet-18 at width multiplier {', '.join(f'{w:g}' for w in sorted(frame['width_multiplier'].unique()))}, "
+                         f"batch {t0['batch_size']}"), (50_000, 10_000)
+    else:
+        network, full = f"width {sorted(int(w) for w in frame['width'].unique())}", (60_000, mnist_mlp.FULL_TEST)
     return (f"{len(configs)} runs: {arms_text}; {epochs} epochs{twice}, no early "
-            f"stopping; width {sorted(int(w) for w in frame['width'].unique())}; "
-            + mnist_mlp.protocol(t0, configs[0]["measure"], seeds, 60_000, mnist_mlp.FULL_TEST))
+            f"stopping; {network}; " + mnist_mlp.protocol(t0, configs[0]["measure"], seeds, *full))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -460,14 +604,63 @@ def cost_grid(profile: str | None = None, **overrides: Any) -> list[dict[str, An
     (:func:`arms`, SGD once), ``cost_batch`` training images, ``cost_repeats`` interleaved timing
     rounds."""
     spec, axes = _spec(profile, {k: v for k, v in overrides.items() if k != "seed"})
-    rules = {}
-    for label, arm in arms(spec):
-        if arm["method"] == "sgd":
-            label = "SGD"
-        rules.setdefault(label, {k: v for k, v in arm.items() if k != "epochs"})
     depth = spec["base"].get("depth", BASE["depth"])
-    return [dict(width=w, depth=depth, batch=spec["cost_batch"], repeats=spec["cost_repeats"], rules=rules)
-            for w in axes["width"]]
+    return [dict(width=w, depth=depth, batch=spec["cost_batch"], repeats=spec["cost_repeats"],
+                 rules=_timed_rules(spec)) for w in axes["width"]]
+
+
+def _timed_rules(spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The update rules of ``spec``'s arms by label, SGD once (every SGD arm takes the same step)."""
+    rules: dict[str, dict[str, Any]] = {}
+    for label, arm in arms(spec):
+        rules.setdefault("SGD" if arm["method"] == "sgd" else label, {k: v for k, v in arm.items() if k != "epochs"})
+    return rules
+
+
+def cifar_cost_grid(profile: str | None = None) -> list[dict[str, Any]]:
+    """The step-cost config of the CIFAR slice of ``profile`` for :data:`CIFAR_COST` (none where
+    it runs no slice): the training config of each update rule of its arms (the first seed; SGD
+    once) and ``cost_repeats`` timing rounds."""
+    spec = cifar_spec(profile)
+    if spec is None:
+        return []
+    rules: dict[str, dict[str, Any]] = {}
+    for config in cifar_grid(profile, seed=spec["seed"][:1]):
+        train = config["train"]
+        label = "SGD" if train["method"] == "sgd" else arm_of({**train, **train["hparams"]}, spec["h"], train["epochs"])
+        rules.setdefault(label, train)
+    return [dict(rules=rules, repeats=spec["cost_repeats"])]
+
+
+def _time_training_steps(config: Mapping[str, Any]) -> dict[str, float]:
+    """Median seconds per step of each rule's own training program
+    (:func:`igrlib.training.program.program`: the compiled step its runs take, already compiled
+    when they ran in this process), over one evaluation interval of steps per round, rules
+    interleaved in each round so that a change of machine load hits them alike. For the ResNet
+    on CPU a step is a Python loop's call of one jitted step, as in training."""
+    steps = {}
+    for label, train in config["rules"].items():
+        cfg = TrainConfig.from_dict(train)
+        images = common.load_data(cfg)
+        x, y = jnp.asarray(images.x_train), jnp.asarray(images.y_train)
+        prog = program(cfg.program_key(), len(x), batched=False)
+        hps = {k: jnp.asarray([v], jnp.float32) for k, v in cfg.vmapped().items()}
+        carry = prog.init(jnp.asarray([cfg.seed], jnp.uint32), hps, x[:2])
+        carry = jax.block_until_ready(prog.advance(carry, jnp.ones(1, bool), 0, x, y))  # compiles, not timed
+        steps[label] = [prog, carry, (x, y), cfg.eval_every * prog.steps_per_epoch]
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for round_ in range(config["repeats"]):
+        for label, entry in steps.items():
+            prog, carry, (x, y), count = entry
+            start = time.perf_counter()
+            # advance donates its carry: the next round continues from the returned one
+            entry[1] = jax.block_until_ready(prog.advance(carry, jnp.ones(1, bool), round_ + 1, x, y))
+            times[label].append((time.perf_counter() - start) / count)
+    return {label: float(np.median(ts)) for label, ts in times.items()}
+
+
+#: Times one training step of each update rule of the CIFAR slice on the ResNet-18.
+CIFAR_COST = egr_mlp.StepCostExperiment(NAME + "_cifar_cost", _time_training_steps)
 
 
 def _time_rules(config: Mapping[str, Any]) -> dict[str, float]:
@@ -507,14 +700,15 @@ COST = egr_mlp.StepCostExperiment(NAME + "_cost", _time_rules)
 
 def cost_table(costs: pd.DataFrame) -> pd.DataFrame:
     """One row per (width, arm): milliseconds per step and the ratio to the SGD step; the SGD
-    timing stands for every SGD arm."""
+    timing stands for every SGD arm (width and batch empty for :data:`CIFAR_COST`'s timings)."""
     rows = []
     for _, run in costs.iterrows():
         sgd = run["seconds_SGD"]
         labels = [c[len("seconds_"):] for c in run.index if c.startswith("seconds_") and pd.notna(run[c])]
         for label in labels:
             for arm in ([BASELINE, TWICE, "SGD h+4μ"] if label == "SGD" else [label]):
-                rows.append(dict(width=run["width"], batch=run["batch"], arm=arm,
+                # the ResNet timing runs the training programs: its batch and width are theirs
+                rows.append(dict(width=run.get("width"), batch=run.get("batch"), arm=arm,
                                  ms_per_step=1e3 * run[f"seconds_{label}"],
                                  ratio_to_sgd=run[f"seconds_{label}"] / sgd))
     return pd.DataFrame(rows)
