@@ -27,6 +27,12 @@ data to different degrees. Wall time per step is measured apart (:data:`COST`).
 Profiles (:data:`PROFILES`): ``cpu`` width 50 on a 10k-image subset, 5 seeds, and a disjoint second
 seed set ``seeds_b`` on which every verdict is recomputed; ``paper`` width 200 on the full training
 set, 5 seeds; ``smoke`` only checks that everything runs.
+
+The CIFAR-10 slice (:data:`CIFAR_PROFILES`, store :data:`CIFAR`): some of the arms on the
+ResNet-18 of :mod:`igrlib.experiments.cifar_resnet` (``cpu``: the narrow network, a few epochs,
+two seeds, every verdict about minima gated by :func:`igrlib.maths.stats.far_from_minimum`;
+``paper``: every arm on the full network and training set; ``smoke``: none), its step cost timed
+on the runs' own training programs (:data:`CIFAR_COST`).
 """
 
 from __future__ import annotations
@@ -195,7 +201,7 @@ CIFAR_PROFILES: dict[str, dict[str, Any] | None] = {
         base=dict(epochs=4, batch_size=64, n_train=1024, n_val=500, n_test=1000, eval_every=1,
                   thresholds=(0.1,), patience=None),
         measure=dict(cifar_resnet.LIGHT_MEASURE, sigmas=(0.0,), noise_draws=2),
-        cost_batch=64, cost_repeats=3,
+        cost_repeats=3,
     ),
     "paper": dict(
         width_multiplier=1.0, seed=(0, 1, 2), h=0.01, mu=0.01, rho=(0.01, 0.05, 0.2),
@@ -203,7 +209,7 @@ CIFAR_PROFILES: dict[str, dict[str, Any] | None] = {
         base=dict(epochs=200, batch_size=512, n_val=5_000, eval_every=2, patience=None,
                   thresholds=(0.99, 0.9), probe_every=5, probe_examples=1024),
         measure=cifar_resnet.PROFILES["paper"]["measure"],
-        cost_batch=512, cost_repeats=3,
+        cost_repeats=3,
     ),
 }
 
