@@ -23,8 +23,10 @@ def test_cpu_grid_has_every_arm_once():
     assert sorted({t["hparams"]["beta"] for t in momentum}) == [b for b in spec["betas"] if b > 0]
     for t in momentum:  # fixed effective rate h/(1 − β)
         assert t["learning_rate"] / (1 - t["hparams"]["beta"]) == pytest.approx(spec["h"])
-    gd = [t for t in trains if t["method"] == "gd"]
+    gd = [t for t in trains if t["method"] == "gd" and t["learning_rate"] == spec["gd_h"]]
     assert len(gd) == seeds and all(t["batch_size"] is None and t["n_train"] == spec["gd_n_train"] for t in gd)
+    own = [t for t in trains if t["method"] == "gd" and t["learning_rate"] != spec["gd_h"]]
+    assert sorted({t["learning_rate"] for t in own}) == sorted(h for h in spec["penalty_h"] if h != spec["gd_h"])
     ratio = {t["batch_size"]: t["learning_rate"] for t in trains
              if t["method"] == "sgd" and t["n_train"] != spec["gd_n_train"]
              and math.isclose(t["learning_rate"] / t["batch_size"], spec["h"] / spec["ratio_anchor"])}
@@ -37,6 +39,8 @@ def test_cpu_grid_has_every_arm_once():
         assert t["hparams"] == {"lam": spec["gd_h"], "micro_batch": spec["gd_batch_sizes"][0]}
         assert t["epochs"] * t["learning_rate"] == pytest.approx(
             sgd_momentum.PENALTY_TIME * gd[0]["epochs"] * gd[0]["learning_rate"])
+    for t in own:  # the small rate's own GD baseline runs as long as its penalty runs
+        assert any(p["learning_rate"] == t["learning_rate"] and p["epochs"] == t["epochs"] for p in penalty)
 
 
 @pytest.mark.parametrize("override", [dict(betas=(0.0, 1.0)), dict(betas=("0.9",)), dict(h=-0.1),
@@ -152,3 +156,25 @@ def test_cost_grid_times_gd_and_the_penalty_on_one_batch_and_sgd_on_its_own():
     table = sgd_momentum.cost_table(costs, 1000).set_index("rule")
     assert table.loc["GD + λV, b = 32", "ratio_to_gd_step"] == pytest.approx(5.0)
     assert table.loc["SGD", "ms_per_epoch"] == pytest.approx(0.5 * 31)
+
+
+def test_a_penalty_at_a_smaller_rate_is_paired_with_gd_at_its_own_rate():
+    """With GD at the penalty's rate in the arm, the penalty rows compare against it, while the gap
+    table keeps GD at SGD's rate (the SGD − GD gap is the one SGD's arm defines)."""
+    spec = sgd_momentum.PROFILES["smoke"]
+    h, small, rows = spec["gd_h"], spec["gd_h"] / 2, []
+    for seed in range(5):
+        for method, rate, acc, extra in (("gd", h, 0.80, {}), ("sgd", h, 0.84, {}), ("gd", small, 0.78, {}),
+                                         ("var_penalty", small, 0.81, {"lam": h, "micro_batch": 32})):
+            rows.append(_run(f"{seed}-{method}-{rate}", [1.0, 0.1], [0.1, acc + 0.001 * seed], [1.0, 0.1],
+                             [1.0, 0.1], method=method, batch_size=32 if method == "sgd" else None,
+                             learning_rate=rate, seed=seed, n_train=spec["gd_n_train"], n_test=1000,
+                             test_acc=acc, r_ig=1.0, **extra))
+    groups = sgd_momentum.arms(pd.DataFrame(rows), "smoke")
+    assert set(groups["gd"]["learning_rate"]) == {h}  # GD at the small rate is not in the GD arm
+    table = sgd_momentum.findings(groups).set_index("claim")
+    variant = f"GD h = {small:g} + λV (λ = {h:g}, b = 32)"
+    row = table.loc[f"explicit variance penalty: {variant} reaches higher test accuracy than GD h = {small:g} (at E*)"]
+    assert "+30" in row["effect"]  # 0.81 − 0.78 of 1,000 test images
+    gap = sgd_momentum.gap_closed(groups["penalty"])
+    assert gap.iloc[-1]["closed"] == pytest.approx(10.0, rel=1e-6)  # 0.81 − 0.80: against GD at h

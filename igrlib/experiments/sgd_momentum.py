@@ -152,6 +152,9 @@ def grid(profile: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
             {**gd_base, "method": "var_penalty", "batch_size": None, "epochs": epochs, "eval_every": gd_eval,
              "lam": float(arms["penalty_lam"]), "micro_batch": arms["penalty_micro_batch"]},
             dict(learning_rate=(rate,), seed=seeds), measure)
+        if not np.isclose(rate, arms["gd_h"]):  # the penalty's own-rate baseline: GD without it
+            configs += common.make_grid({**gd_base, "method": "gd", "batch_size": None, "epochs": epochs,
+                                         "eval_every": gd_eval}, dict(learning_rate=(rate,), seed=seeds), measure)
     unique = {run_id(c): c for c in configs}
     return list(unique.values())
 
@@ -236,7 +239,7 @@ def tidy(runs: pd.DataFrame, profile: str | None = None, **overrides: Any) -> pd
     df["in_momentum"] = main & (df["batch"] == anchor) & np.isclose(df["h_eff"], h)
     penalised = df["method"] == "var_penalty"
     df["in_gd"] = ~main & ~penalised & np.isclose(df["learning_rate"], spec["gd_h"])
-    df["in_penalty"] = df["in_gd"] | (~main & penalised)
+    df["in_penalty"] = df["in_gd"] | (~main & (penalised | (df["method"] == "gd")))
     df["variant"] = [_variant(row) for _, row in df.iterrows()]
     return df
 
@@ -365,8 +368,8 @@ def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
         "test_acc_at_E", -1, f"ρ(B, test acc at {level(gd)}), GD = full batch", images(gd))
     add("GD vs SGD at the same h: SGD reaches lower R_IG (at E*)", gd, "batch", "log10_r_ig_at_E", +1,
         f"ρ(B, log10 R_IG at {level(gd)})", (1.0, "decades"))
-    base, sgd = (_gd_variant(pen), _sgd_variant(pen)) if len(pen) else (None, None)
-    for variant, pair in _penalty_pairs(pen):
+    sgd = _sgd_variant(pen) if len(pen) else None
+    for variant, base, pair in _penalty_pairs(pen):
         add(f"explicit variance penalty: {variant} reaches higher test accuracy than {base} (at E*)", pair,
             "penalised", "test_acc_at_E", +1, f"ρ(penalty, test acc at {level(gd)})", images(pair))
         scale = images(pair)[0]
@@ -381,9 +384,15 @@ def findings(groups: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
     return stats.finish(rows, "E* per arm")
 
 
-def _gd_variant(frame: pd.DataFrame) -> str | None:
-    labels = frame.loc[frame["method"] == "gd", "variant"].unique()
-    return labels[0] if len(labels) else None
+def _gd_variant(frame: pd.DataFrame, rate: float | None = None) -> str | None:
+    """The label of the GD runs at ``rate`` (default: the SGD runs' rate, the arm's h), or None."""
+    if rate is None:
+        sgd = frame.loc[frame["method"] == "sgd", "learning_rate"]
+        if not len(sgd):
+            return None
+        rate = float(sgd.iloc[0])
+    gd = frame[(frame["method"] == "gd") & np.isclose(frame["learning_rate"], rate)]
+    return gd["variant"].iloc[0] if len(gd) else None
 
 
 def _sgd_variant(frame: pd.DataFrame) -> str | None:
@@ -392,20 +401,22 @@ def _sgd_variant(frame: pd.DataFrame) -> str | None:
     return sgd.sort_values("batch")["variant"].iloc[0] if len(sgd) else None
 
 
-def _penalty_pairs(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    """Per penalty variant: it and GD, with ``penalised`` 1 for the penalty runs and 0 for GD's."""
-    gd = _gd_variant(frame)
+def _penalty_pairs(frame: pd.DataFrame) -> list[tuple[str, str | None, pd.DataFrame]]:
+    """Per penalty variant: its baseline, GD at the same rate (else at the arm's h), and the runs
+    of both, with ``penalised`` 1 for the penalty runs and 0 for GD's."""
     out = []
-    for variant in sorted(frame.loc[frame["method"] == "var_penalty", "variant"].unique()):
-        pair = frame[frame["variant"].isin([gd, variant])]
-        out.append((variant, pair.assign(penalised=(pair["variant"] == variant).astype(int))))
+    penalised = frame[frame["method"] == "var_penalty"]
+    for variant, rate in sorted(set(zip(penalised["variant"], penalised["learning_rate"]))):
+        base = _gd_variant(frame, rate) or _gd_variant(frame)
+        pair = frame[frame["variant"].isin([base, variant])]
+        out.append((variant, base, pair.assign(penalised=(pair["variant"] == variant).astype(int))))
     return out
 
 
 def gap_closed(frame: pd.DataFrame) -> pd.DataFrame:
     """How much of the SGD − GD gap in test images at matched loss each penalty variant closes,
     from the ``penalty`` arm (:func:`arms`): per seed, ``gap`` = SGD − GD and ``closed`` =
-    penalty − GD (test images, runs paired by seed), their ratio, and a last row ``mean`` with the
+    penalty − GD, GD at SGD's rate whatever the penalty's (test images, runs paired by seed), their ratio, and a last row ``mean`` with the
     means, the 95 % t-intervals (:func:`igrlib.maths.stats.t_interval`) and the ratio of the
     means (the fraction of the mean gap closed). Empty without penalty runs."""
     gd, sgd = _gd_variant(frame), _sgd_variant(frame)
@@ -414,7 +425,7 @@ def gap_closed(frame: pd.DataFrame) -> pd.DataFrame:
     scale = mnist_mlp.test_images_scale(frame)[0]
     gap = frame.pivot_table(index="seed", columns="variant", values="test_acc_at_E", aggfunc="mean")
     rows = []
-    for variant, _ in _penalty_pairs(frame):
+    for variant, _, _ in _penalty_pairs(frame):
         cells = gap[[gd, sgd, variant]].dropna()
         g, c = scale * (cells[sgd] - cells[gd]), scale * (cells[variant] - cells[gd])
         for seed in cells.index:
@@ -466,6 +477,10 @@ def describe(configs: Sequence[Mapping[str, Any]], profile: str | None = None) -
                     f"E + (λ/4)·(1/K)Σ_k‖∇Ê_k − ∇Ē‖², λ = {penalty[0]['hparams']['lam']:g}, micro-batches "
                     f"of b = {penalty[0]['hparams']['micro_batch']} (K = {penalty[0]['n_train'] // penalty[0]['hparams']['micro_batch']}) "
                     f"re-drawn every step, evaluated every {penalty[0]['eval_every']} steps like GD.")
+        own = sorted({(t["learning_rate"], t["epochs"]) for t in gd
+                      if t["method"] == "gd" and t["learning_rate"] != spec["gd_h"]})
+        if own:
+            gd_text += f" GD without the penalty at (h, steps) ∈ {[(h, n) for h, n in own]}."
     methods = sorted({t["method"] for t in main if t["method"] != "sgd"})
     return (f"{len(configs)} runs, seeds {seeds}. MLP: {t0['depth']} hidden {t0['activation']} layers of "
             f"{t0['width']} units, cross-entropy. Main subset: {t0['n_train'] or 'all'} training images "
