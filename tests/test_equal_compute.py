@@ -238,3 +238,14 @@ def test_sweep_options_and_program_order(monkeypatch):
     # the normalised-SAM program (three arms, 15 runs of two gradients) first, its runs in grid order
     assert [c["train"]["hparams"].get("rho") for c in ordered[:15]] == [0.01] * 5 + [0.05] * 5 + [0.2] * 5
     assert ordered[15]["train"]["hparams"].get("penalty_method") == "hvp"  # 3 gradients × 5 runs
+
+
+def test_cpu_chapter_renders_the_slice_and_the_command_line_trains_it(capsys):
+    """At cpu the chapter reads the slice's stored records (it takes about 7 minutes, beyond the
+    chapter's budget); the command the chapter prints plans exactly that grid."""
+    assert ec.cifar_spec("cpu")["in_chapter"] is False and ec.cifar_spec("paper")["in_chapter"] is True
+    from igrlib import sweep
+
+    assert sweep.main(["igrlib.experiments.equal_compute:CIFAR", "--profile", "cpu", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{ec.CIFAR.NAME} [cpu]") and f"{len(ec.cifar_grid('cpu'))} runs" in out

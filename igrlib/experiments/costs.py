@@ -44,8 +44,10 @@ FULL_TRAIN = {"mnist": 60_000, "cifar10": 50_000}
 FULL_TEST = {"mnist": 10_000, "cifar10": 10_000}
 INPUT_SHAPE = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 #: per example of a step, in forward passes: a gradient 3; EGR, a gradient and a Hessian-vector
-#: product, 9; SAM and the gradient-norm penalty, two gradients, 6; every other rule one gradient
-STEP_FORWARDS = {"egr": 9, "sam": 6, "gnp": 6}
+#: product, 9; SAM and the gradient-norm penalty, two gradients, 6; the explicit variance penalty,
+#: the batch's gradient, the micro-batch gradients and the backward pass through them, 12; every
+#: other rule one gradient
+STEP_FORWARDS = {"egr": 9, "sam": 6, "gnp": 6, "var_penalty": 12}
 
 
 @functools.lru_cache(maxsize=None)
