@@ -78,12 +78,14 @@ def mean_loss(batch_loss: BatchLoss, batches: Any) -> bea.Loss:
 
 def variance_regularizer(batch_loss: BatchLoss, batches: Any) -> bea.Loss:
     """``(1/M) Σ_k ‖∇Ê_k − ∇E‖²``: the mean squared deviation of the mini-batch gradients from
-    the full gradient (units of loss²/θ²)."""
-    grads = jax.jacrev(batch_losses(batch_loss, batches))
+    their mean, the full gradient (units of loss²/θ²). θ may be any pytree (the training rule
+    ``var_penalty`` takes it on a network's parameters); the M gradients are one ``vmap`` of
+    ``grad``, the work of one gradient of all M batches, and the result is differentiable."""
 
     def variance(theta):
-        gk = grads(theta)  # (M, m)
-        return jnp.mean(jnp.sum((gk - gk.mean(axis=0)) ** 2, axis=1))
+        grads = jax.vmap(jax.grad(batch_loss), in_axes=(None, 0))(theta, batches)
+        squares = jax.tree_util.tree_map(lambda g: jnp.sum((g - g.mean(axis=0)) ** 2), grads)
+        return sum(jax.tree_util.tree_leaves(squares)) / num_batches(batches)
 
     return variance
 

@@ -367,15 +367,6 @@ def _gnp(learning_rate: Any, alpha: Any, r: Any) -> optax.GradientTransformation
     return optax.GradientTransformationExtraArgs(sgd.init, update)
 
 
-def _var_penalty(learning_rate: Any, lam: Any, micro_batch: int) -> optax.GradientTransformationExtraArgs:
-    """Descent on E + (λ/4)·(1/K)Σ_k‖∇Ê_k − ∇Ē‖² over K micro-batches of size b of the step's batch,
-    re-drawn every step: :func:`igrlib.training.micro.variance_penalty` (reads ``loss_on`` and
-    ``batch``). λ is a learning rate: at λ = h and b = B, full-batch GD at h with it has SGD-at-h's
-    modified loss to first order. No stability quantity: the penalty's curvature is not a
-    function of h and λ_max (the edge is left underived)."""
-    return variance_penalty(learning_rate, lam, micro_batch)
-
-
 def _check_micro_batches(batch_size: int, values: Mapping[str, Any]) -> None:
     """At least two micro-batches (K = ⌊|B|/b⌋ ≥ 2): with one, P is identically 0."""
     b = values["micro_batch"]
@@ -433,7 +424,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     _method("gnp", "θ ← θ − h·[(1 − α)·∇E(θ) + α·∇E(θ + r·∇E/‖∇E‖)]   (≈ descent on E + αr·‖∇E‖)",
             _gnp, defaults={"alpha": (0.8, NONNEGATIVE), "r": (0.1, POSITIVE)}, edge=_edge_gnp),
     _method("var_penalty", "θ ← θ − h·∇[E + (λ/4)·(1/K)Σ_k‖∇Ê_k − ∇Ē‖²]   (Ê_k: K = ⌊|B|/b⌋ "
-            "micro-batches of size b of the step's batch, re-drawn every step)", _var_penalty,
+            "micro-batches of size b of the step's batch, re-drawn every step)", variance_penalty,
             defaults={"lam": (0.1, NONNEGATIVE)}, options={"micro_batch": MICRO_BATCHES},
             batch_check=_check_micro_batches),
     _method("adam", "m ← β₁m + (1 − β₁)∇E;  v ← β₂v + (1 − β₂)∇E²;  θ ← θ − h·m̂/(√v̂ + ε)   "

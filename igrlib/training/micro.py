@@ -37,6 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from igrlib.maths import bea_sgd
+
 Params = Any
 #: Seed of the partition keys (see the module docstring).
 PARTITION_SEED = 20_210_504
@@ -61,16 +63,16 @@ def micro_batches(batch: tuple[jax.Array, jax.Array], micro_batch: int, key: jax
 def variance(loss_on: Callable[[Params, jax.Array, jax.Array], jax.Array], params: Params,
              xs: jax.Array, ys: jax.Array) -> jax.Array:
     """``P(θ) = (1/K) Σ_k ‖∇Ê_k(θ) − ∇Ē(θ)‖²`` over stacked micro-batches ``xs``: (K, b, ...),
-    with ``Ê_k = loss_on(θ, xs[k], ys[k])``; the K gradients in one vmap."""
-    grads = jax.vmap(jax.grad(loss_on), in_axes=(None, 0, 0))(params, xs, ys)
-    squares = jax.tree_util.tree_map(lambda g: jnp.sum((g - g.mean(axis=0)) ** 2), grads)
-    return sum(jax.tree_util.tree_leaves(squares)) / xs.shape[0]
+    with ``Ê_k = loss_on(θ, xs[k], ys[k])``: :func:`igrlib.maths.bea_sgd.variance_regularizer`,
+    the term the chapter's expansion derives, on the network's parameters."""
+    return bea_sgd.variance_regularizer(lambda p, batch: loss_on(p, *batch), (xs, ys))(params)
 
 
 def variance_penalty(learning_rate: Any, lam: Any, micro_batch: int) -> optax.GradientTransformationExtraArgs:
     """θ ← θ − h·(∇E_B + (λ/4)·∇P) (module docstring), from the program's ``grads = ∇E_B`` and
     its extra arguments ``loss_on(p, x, y)`` (mean loss of p on (x, y), batch-norm state fixed at
-    the step's) and ``batch = (x_B, y_B)``. ``micro_batch`` b is static (it fixes shapes)."""
+    the step's) and ``batch = (x_B, y_B)``. ``micro_batch`` b is static (it fixes shapes). The
+    rule has no stability quantity: the penalty's curvature is not a function of h and λ_max."""
     sgd = optax.sgd(learning_rate)
 
     def init(params: Params) -> PenaltyState:
