@@ -245,8 +245,9 @@ def _tick_labels(fig: Figure) -> dict[int, tuple[Any, str, float]]:
     return out
 
 
-def hide_colliding_tick_labels(fig: Figure, tolerance_px: float = 1.0, rounds: int = 3) -> list[str]:
-    """Blank the tick labels that would be drawn over another text; return the blanked labels.
+def _blank_colliding_tick_labels(fig: Figure, tolerance_px: float = 1.0, rounds: int = 3) -> list[tuple[Text, Bbox]]:
+    """Blank the tick labels that would be drawn over another text; return the texts of a
+    drawing of the figure as it is left (for :func:`layout_report`'s measures).
 
     Greedy, in the order a reader needs them: every text that is not a tick label (titles, axis
     labels, legends, the profile label) is kept; then major tick labels, then minor ones, each
@@ -256,13 +257,6 @@ def hide_colliding_tick_labels(fig: Figure, tolerance_px: float = 1.0, rounds: i
     ``rounds`` times. Overlaps between texts that are not tick labels are left for
     :func:`layout_report` to report: those are a chapter's to fix.
     """
-    return _settle(fig, tolerance_px, rounds)[0]
-
-
-def _settle(fig: Figure, tolerance_px: float = 1.0, rounds: int = 3) -> tuple[list[str], list[tuple[Text, Bbox]]]:
-    """:func:`hide_colliding_tick_labels`, also returning the texts of the last drawing (valid
-    for the figure as it is left, unless the last round still blanked labels)."""
-    blanked: list[str] = []
     for _ in range(rounds):
         ticks = _tick_labels(fig)
         drawn = _drawn(fig)
@@ -273,11 +267,10 @@ def _settle(fig: Figure, tolerance_px: float = 1.0, rounds: int = 3) -> tuple[li
             if any(_overlap(box, other, tolerance_px) for other in kept):
                 axis, which, value = ticks[id(text)]
                 hide.setdefault((id(axis), which), (axis, which, set()))[2].add(value)
-                blanked.append(text.get_text())
             else:
                 kept.append(box)
         if not hide:
-            return blanked, drawn
+            return drawn
         for axis, which, values in hide.values():
             ticker = axis.major if which == "major" else axis.minor
             current = ticker.formatter
@@ -286,7 +279,7 @@ def _settle(fig: Figure, tolerance_px: float = 1.0, rounds: int = 3) -> tuple[li
             else:
                 setter = axis.set_major_formatter if which == "major" else axis.set_minor_formatter
                 setter(_HideLabels(current, values))
-    return blanked, _drawn(fig)
+    return _drawn(fig)
 
 
 def layout_report(fig: Figure, tolerance_px: float = 1.0, edges: bool = True) -> dict[str, Any]:
@@ -428,7 +421,7 @@ def _drawn_provenance() -> dict[str, Any]:
 
 def render(draw: Callable[[str], Figure], variant: Variant, text: str) -> Figure:
     """Call ``draw(variant)`` under the variant's style, stamp the label ``text`` on it and blank
-    the tick labels that would collide with another text (:func:`hide_colliding_tick_labels`:
+    the tick labels that would collide with another text (:func:`_blank_colliding_tick_labels`:
     on a short log axis or a slide's larger fonts, automatic tick labels can run into each other
     at one profile's data range and not at another's)."""
     return _render(draw, variant, text)[0]
@@ -442,7 +435,7 @@ def _render(draw: Callable[[str], Figure], variant: Variant, text: str) -> tuple
         if not isinstance(fig, Figure):
             raise ConfigError(f"draw({variant!r}) must return a matplotlib Figure, got {type(fig)}")
         stamp(fig, text, variant)
-        drawn = _settle(fig)[1]
+        drawn = _blank_colliding_tick_labels(fig)
     return fig, drawn
 
 
