@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 import types
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -60,6 +59,7 @@ from igrlib.measurement.measure import MeasureConfig
 from igrlib.training import methods
 from igrlib.training.config import TrainConfig
 from igrlib.training.program import program
+from igrlib.training.timing import interleaved_times
 
 NAME = "equal_compute"
 
@@ -658,22 +658,23 @@ def _time_training_steps(config: Mapping[str, Any]) -> dict[str, float]:
         carry = prog.init(jnp.asarray([cfg.seed], jnp.uint32), hps, x[:2])
         carry = jax.block_until_ready(prog.advance(carry, jnp.ones(1, bool), 0, x, y))  # compiles, not timed
         steps[label] = [prog, carry, (x, y), cfg.eval_every * prog.steps_per_epoch]
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for round_ in range(config["repeats"]):
-        for label, entry in steps.items():
-            prog, carry, (x, y), count = entry
-            start = time.perf_counter()
-            # advance donates its carry: the next round continues from the returned one
-            entry[1] = jax.block_until_ready(prog.advance(carry, jnp.ones(1, bool), round_ + 1, x, y))
-            times[label].append((time.perf_counter() - start) / count)
-    return {label: float(np.median(ts)) for label, ts in times.items()}
+
+    def advance(round_: int, entry: list) -> Any:
+        prog, carry, (x, y), _ = entry
+        # advance donates its carry: the next round continues from the returned one
+        entry[1] = prog.advance(carry, jnp.ones(1, bool), round_ + 1, x, y)
+        return entry[1]
+
+    calls = {label: lambda round_, entry=entry: advance(round_, entry) for label, entry in steps.items()}
+    times = interleaved_times(calls, config["repeats"])
+    return {label: float(np.median(ts)) / steps[label][3] for label, ts in times.items()}
 
 
 #: Times one training step of each update rule of the CIFAR slice on the ResNet-18.
 CIFAR_COST = egr_mlp.StepCostExperiment(NAME + "_cifar_cost", _time_training_steps)
 
 
-def _time_rules(config: Mapping[str, Any]) -> dict[str, float]:
+def time_rules(config: Mapping[str, Any]) -> dict[str, float]:
     """Median seconds of one jitted training step (gradient, update rule, parameter update) of
     each rule of ``config`` on ``batch`` MNIST training images, rules interleaved in each round
     so that a change of machine load hits them alike."""
@@ -695,17 +696,12 @@ def _time_rules(config: Mapping[str, Any]) -> dict[str, float]:
 
         steps[label], opts[label] = jax.jit(step), tx.init(params)
         jax.block_until_ready(steps[label](params, opts[label]))  # compile, not timed
-    times: dict[str, list[float]] = {label: [] for label in steps}
-    for _ in range(config["repeats"]):
-        for label, fn in steps.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(params, opts[label]))
-            times[label].append(time.perf_counter() - start)
-    return {label: float(np.median(ts)) for label, ts in times.items()}
+    calls = {label: lambda _, fn=fn, label=label: fn(params, opts[label]) for label, fn in steps.items()}
+    return {label: float(np.median(ts)) for label, ts in interleaved_times(calls, config["repeats"]).items()}
 
 
 #: Times one training step of every arm's update rule (stored like a run, read back on re-execution).
-COST = egr_mlp.StepCostExperiment(NAME + "_cost", _time_rules)
+COST = egr_mlp.StepCostExperiment(NAME + "_cost", time_rules)
 
 
 def cost_table(costs: pd.DataFrame) -> pd.DataFrame:

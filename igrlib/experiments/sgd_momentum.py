@@ -175,7 +175,7 @@ def cost_grid(profile: str | None = None) -> list[dict[str, Any]]:
     """The step-cost configs of ``profile`` for :data:`COST` (none without a penalty arm): GD and
     each penalty rule on the GD arm's whole training subset (the same batch), and SGD on each of
     ``gd_batch_sizes`` (its own mini-batch), on the arm's MLP; timed by
-    :func:`igrlib.experiments.equal_compute._time_rules`."""
+    :func:`igrlib.experiments.equal_compute.time_rules`."""
     spec = PROFILES[resolve_profile(profile)]
     if not spec["penalty_h"] or not spec["gd_epochs"]:
         return []
@@ -192,7 +192,7 @@ def cost_grid(profile: str | None = None) -> list[dict[str, Any]]:
 
 
 #: Times one training step of GD, the explicit penalty and SGD (stored like a run, read back).
-COST = egr_mlp.StepCostExperiment(NAME + "_cost", equal_compute._time_rules)
+COST = egr_mlp.StepCostExperiment(NAME + "_cost", equal_compute.time_rules)
 
 
 def cost_table(costs: pd.DataFrame, n_train: int) -> pd.DataFrame:

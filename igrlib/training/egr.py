@@ -49,7 +49,6 @@ on the same batch.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -58,6 +57,7 @@ import optax
 
 from igrlib.maths import losses
 from igrlib.config import ConfigError, check_choice
+from igrlib.training.timing import interleaved_times
 
 Params = Any
 
@@ -162,10 +162,5 @@ def step_cost(
     fns.update({m: jax.jit(egr_value_and_grad(loss_fn, mu, m, has_aux=True)) for m in methods})
     for fn in fns.values():
         jax.block_until_ready(fn(params, *args))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn(params, *args))
-            times[name].append(time.perf_counter() - start)
+    times = interleaved_times({name: lambda _, fn=fn: fn(params, *args) for name, fn in fns.items()}, repeats)
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
